@@ -1,0 +1,265 @@
+"""`vit-perception train` on tiny recorded episodes: observations built as the node builds them,
+chunk targets, normalization, loss going down, determinism, exact resume, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vit_perception.config import NodeConfig, PolicyConfig
+from vit_perception.core.images import image_to_array
+from vit_perception.core.preprocess import Preprocessor
+from vit_perception.drivers.bag import BagInput
+from vit_perception.model.checkpoint import load_checkpoint
+from vit_perception.tools import cli, dataset, train
+from vit_perception.tools.sim.record import record_episodes
+from vit_perception.tools.sim.scene import ACTION_NAMES
+
+MS = 1_000_000
+TINY = {
+    'backbone': {'hidden_size': 16, 'num_layers': 1, 'num_heads': 2, 'mlp_ratio': 2,
+                 'patch_size': 8, 'image_size': 32},
+    'pose': {'num_tokens': 1},
+    'actions': {'horizon': 4, 'dt': 0.1},
+    'embedding': {'dim': 8},
+    'preprocess': {'size': [32, 32]},
+}
+
+
+@pytest.fixture(scope='module')
+def bags(tmp_path_factory):
+    """Three short expert episodes at 32 px (seeds 0, 1, 2)."""
+    root = tmp_path_factory.mktemp('bags')
+    record_episodes(root / 'demos', 3, seed=0, image_size=32, max_steps=8)
+    return root / 'demos'
+
+
+@pytest.fixture(scope='module')
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp('config') / 'policy.json'
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def train_cli(bags, out, config_file, *extra):
+    return cli.main(['train', str(bags), '--out', str(out), '--config', str(config_file),
+                     '--augment-shift', '2', '--batch-size', '8', *extra])
+
+
+def weights(directory):
+    return load_file(str(Path(directory) / 'model.safetensors'))
+
+
+# ------------------------------------------------------------------------------ dataset ---
+
+def test_chunk_targets_take_the_action_in_effect_and_mask_past_the_recording():
+    stamps = np.array([100, 200, 300]) * MS
+    actions = np.array([[1.0], [2.0], [3.0]], dtype=np.float32)
+    obs = np.array([100, 150, 250, 300, 400, 50]) * MS
+    targets, mask = dataset.chunk_targets(obs, stamps, actions, horizon=3, dt_ns=100 * MS)
+    assert targets[:, :, 0].tolist() == [[1, 2, 3], [1, 2, 3], [2, 3, 3], [3, 3, 3],
+                                         [3, 3, 3], [1, 1, 2]]
+    assert mask.tolist() == [[True, True, True], [True, True, False], [True, False, False],
+                             [True, False, False], [False, False, False],
+                             [False, True, True]]
+
+
+def test_find_bags_walks_directories_and_rejects_missing_paths(bags, tmp_path):
+    found = dataset.find_bags([bags])
+    assert [p.name for p in found] == ['episode_0000', 'episode_0001', 'episode_0002']
+    assert dataset.find_bags([found[1], bags]) == [found[1], found[0], found[2]]
+    with pytest.raises(dataset.BagError, match='not found'):
+        dataset.find_bags([tmp_path / 'nope'])
+    with pytest.raises(dataset.BagError, match='no bags found'):
+        dataset.find_bags([tmp_path])
+
+
+def test_split_is_by_episode_seeded_and_never_empty():
+    train_eps, val_eps = dataset.split_episodes(10, 0.2, seed=3)
+    assert len(val_eps) == 2 and sorted(train_eps + val_eps) == list(range(10))
+    assert dataset.split_episodes(10, 0.2, seed=3) == (train_eps, val_eps)
+    assert dataset.split_episodes(10, 0.2, seed=4) != (train_eps, val_eps)
+    assert dataset.split_episodes(2, 0.01, seed=0)[1] != []
+    assert dataset.split_episodes(1, 0.5, seed=0) == ([0], [])
+    with pytest.raises(dataset.ConfigError, match='val-fraction'):
+        dataset.split_episodes(4, 1.0, seed=0)
+
+
+def test_episode_inputs_are_what_the_engine_sees_and_targets_the_recorded_labels(bags):
+    config = PolicyConfig.from_dict(TINY)
+    node = NodeConfig()
+    pre = Preprocessor(config.preprocess, 'cpu', torch.float32)
+    path = bags / 'episode_0001'
+    episode = dataset.load_episode(path, config, node, pre)
+    images, poses, labels = {}, {}, {}
+    with BagInput(path, node, ['/expert/action']) as bag:
+        for event in bag.events():
+            if event.kind == 'image':
+                images[event.value.stamp_ns] = event.value
+            elif event.kind == 'pose':
+                poses[event.value.stamp_ns] = event.value
+            elif event.kind == 'extra':
+                labels[event.value.header.stamp.sec * 10**9 + event.value.header.stamp.nanosec] \
+                    = np.asarray(event.value.data)
+    # every image that has an action at or before it (all but the final one) is a sample
+    assert len(episode) == len(images) - 1 == len(labels)
+    assert episode.action_names == list(ACTION_NAMES)
+    for i, stamp in enumerate(episode.stamps):
+        expected = pre([image_to_array(images[stamp])])  # (1, 3, 32, 32)
+        torch.testing.assert_close(episode.pixels[i], expected, rtol=0, atol=0)
+        np.testing.assert_allclose(episode.position[i].numpy(), poses[stamp].position,
+                                   atol=1e-6)  # the sim publishes a pose at each image stamp
+        for h in range(4):
+            t = stamp + h * 100 * MS
+            assert bool(episode.mask[i, h]) == (t in labels)
+            if t in labels:
+                np.testing.assert_allclose(episode.actions[i, h].numpy(), labels[t], atol=1e-7)
+
+
+def test_normalization_stats_match_the_data_and_pin_constant_actions(bags):
+    config = PolicyConfig.from_dict(TINY)
+    episodes = dataset.load_episodes(dataset.find_bags([bags]), config, NodeConfig(),
+                                     progress=False)
+    stats = dataset.normalization_stats(episodes)
+    actions = torch.cat([e.actions[e.mask] for e in episodes]).double()
+    np.testing.assert_allclose(stats['action_mean'], actions.mean(0).numpy(), atol=1e-9)
+    moving = [ACTION_NAMES.index(n) for n in ('dx', 'dy', 'dz')]
+    np.testing.assert_allclose(np.array(stats['action_std'])[moving],
+                               actions.std(0, unbiased=False).numpy()[moving], rtol=1e-9)
+    fixed = [ACTION_NAMES.index(n) for n in ('drx', 'dry', 'drz', 'gripper')]
+    assert [stats['action_std'][i] for i in fixed] == [dataset.CONSTANT_ACTION_STD] * 4
+    # the gripper never turns: its 6D rotation features only jitter, and are not scaled up
+    assert stats['pose_std'][3:] == [dataset.POSE_STD_FLOOR] * 6
+    assert min(stats['pose_std'][:3]) > dataset.POSE_STD_FLOOR and len(stats['pose_mean']) == 9
+
+
+# ----------------------------------------------------------------------------- training ---
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    assert train.lr_at(0, 100, 1.0, 0.1) == pytest.approx(0.1)
+    assert train.lr_at(9, 100, 1.0, 0.1) == pytest.approx(1.0)
+    assert train.lr_at(10, 100, 1.0, 0.1) == pytest.approx(1.0)
+    assert train.lr_at(55, 100, 1.0, 0.1) == pytest.approx(0.5)
+    assert train.lr_at(100, 100, 1.0, 0.1) == pytest.approx(0.0)
+
+
+def test_random_shift_moves_all_cameras_of_a_sample_together():
+    pixels = torch.arange(2 * 2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 2, 3, 6, 6)
+    assert torch.equal(train.random_shift(pixels, 0, torch.Generator()), pixels)
+    shifted = train.random_shift(pixels, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == pixels.shape
+    padded = torch.nn.functional.pad(pixels.flatten(1, 2), (2, 2, 2, 2), mode='replicate')
+    for b in range(2):
+        windows = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if torch.equal(padded[b, :, dy:dy + 6, dx:dx + 6],
+                                  shifted[b].flatten(0, 1))]
+        assert len(windows) == 1  # one shift for all 6 channels (2 cameras x 3)
+
+
+def test_masked_loss_ignores_masked_steps():
+    pred = torch.zeros(1, 2, 2)
+    target = torch.tensor([[[1.0, 3.0], [100.0, 100.0]]])
+    mask = torch.tensor([[True, False]])
+    assert train.masked_loss(pred, target, mask, 'l1').item() == pytest.approx(2.0)
+    assert train.masked_loss(pred, target, mask, 'mse').item() == pytest.approx(5.0)
+
+
+def test_training_lowers_the_loss_and_saves_a_loadable_checkpoint(bags, config_file, tmp_path,
+                                                                  capsys):
+    out = tmp_path / 'ckpt'
+    assert train_cli(bags, out, config_file, '--epochs', '15', '--lr', '5e-3',
+                     '--val-fraction', '0.34') == 0
+    printed = capsys.readouterr().out
+    assert 'val MAE' in printed and 'mean-baseline' in printed
+    state = json.loads((out / 'trainer_state.json').read_text())
+    losses = [h['train_loss'] for h in state['history']]
+    assert state['epoch'] == 15 and len(losses) == 15
+    assert losses[-1] < 0.8 * losses[0]
+    assert len(state['val_episodes']) == 1 and len(state['train_episodes']) == 2
+    policy, info = load_checkpoint(out)
+    assert policy.config.actions.names == list(ACTION_NAMES)
+    assert policy.config.backbone.hidden_size == 16
+    config = PolicyConfig.from_dict(TINY)
+    train_episodes = [dataset.load_episode(p, config, NodeConfig(),
+                                           Preprocessor(config.preprocess))
+                      for p in state['train_episodes']]
+    expected = dataset.normalization_stats(train_episodes)
+    for key, values in policy.normalization().items():
+        np.testing.assert_allclose(values, expected[key], rtol=1e-6, atol=1e-7)
+    assert info['epochs_done'] == 15 and info['train_episodes'] == 2
+    assert len(info['val_mae']) == len(info['val_baseline_mae']) == 7
+    assert (out / 'optimizer.safetensors').is_file()
+
+
+def test_same_seed_same_weights_other_seed_other_weights(bags, config_file, tmp_path):
+    for name, seed in (('a', '1'), ('b', '1'), ('c', '2')):
+        assert train_cli(bags, tmp_path / name, config_file, '--epochs', '2',
+                         '--seed', seed) == 0
+    a, b, c = (weights(tmp_path / n) for n in 'abc')
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_after_ctrl_c_continues_from_the_saved_epoch_exactly(bags, config_file, tmp_path,
+                                                                    monkeypatch, capsys):
+    assert train_cli(bags, tmp_path / 'straight', config_file, '--epochs', '4') == 0
+    save = train.save_trainer_state
+
+    def interrupt_after_epoch_2(directory, optimizer, state):
+        save(directory, optimizer, state)
+        if state['epoch'] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, 'save_trainer_state', interrupt_after_epoch_2)
+    assert train_cli(bags, tmp_path / 'split', config_file, '--epochs', '4') == 0
+    assert 'interrupted' in capsys.readouterr().err
+    state = json.loads((tmp_path / 'split' / 'trainer_state.json').read_text())
+    assert state['epoch'] == 2
+    first = weights(tmp_path / 'split')
+    monkeypatch.setattr(train, 'save_trainer_state', save)
+    # options (epochs 4, batch 8, shift 2) come from trainer_state.json
+    assert cli.main(['train', str(bags), '--out', str(tmp_path / 'split'), '--resume',
+                     str(tmp_path / 'split')]) == 0
+    state = json.loads((tmp_path / 'split' / 'trainer_state.json').read_text())
+    assert state['epoch'] == 4 and [h['epoch'] for h in state['history']] == [1, 2, 3, 4]
+    assert state['options']['augment_shift'] == 2 and state['options']['batch_size'] == 8
+    straight, resumed = weights(tmp_path / 'straight'), weights(tmp_path / 'split')
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert not all(torch.equal(first[k], resumed[k]) for k in first)
+
+
+def test_ablated_images_train_on_zeros_and_say_so(bags, config_file, tmp_path):
+    assert train_cli(bags, tmp_path / 'ablated', config_file, '--epochs', '1',
+                     '--ablate-images') == 0
+    _, info = load_checkpoint(tmp_path / 'ablated')
+    assert info['ablate_images'] is True
+
+
+def one_line_error(capsys, argv):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_bad_inputs_are_one_line_errors(bags, config_file, tmp_path, capsys):
+    (tmp_path / 'empty').mkdir()
+    line = one_line_error(capsys, ['train', str(tmp_path / 'empty'), '--out', str(tmp_path)])
+    assert line.startswith('vit-perception train: error: no bags found in')
+    line = one_line_error(capsys, ['train', '--out', str(tmp_path / 'x')])
+    assert 'no bags given' in line
+    line = one_line_error(capsys, ['train', str(bags), '--out', str(tmp_path / 'x'),
+                                   '--config', str(config_file), '--action-topic', '/nope'])
+    assert 'topic /nope not in the bag' in line and '/expert/action' in line
+    line = one_line_error(capsys, ['train', str(bags), '--out', str(tmp_path / 'x'),
+                                   '--set', 'backbone.hiden_size=8'])
+    assert "unknown config key 'backbone.hiden_size'" in line
+    line = one_line_error(capsys, ['train', str(bags), '--out', str(tmp_path / 'x'),
+                                   '--resume', str(tmp_path / 'empty')])
+    assert 'trainer_state.json is missing' in line

@@ -1,0 +1,235 @@
+"""Engine: one observation in, embedding + action chunk out, as fast as this device allows.
+
+decode (zero-copy views) -> preprocess on the device -> ViT with pose tokens -> heads, under
+`torch.inference_mode`, in fp32/bf16/fp16, optionally `torch.compile`d, warmed up at load time.
+Per-stage timings come with every result. Late fusion caches the image tokens of the last
+observation so `refresh` can re-run only the pose part with a newer pose (control rate).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vit_perception.config import PolicyConfig
+from vit_perception.core.images import image_to_array
+from vit_perception.core.preprocess import Preprocessor
+from vit_perception.core.types import ActionChunkResult, ImageFrame, Observation, PoseSample
+from vit_perception.errors import CheckpointError, ImageError, PoseError
+from vit_perception.model.policy import VisionPosePolicy
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / 'data' / 'default_checkpoint'
+STAGES = ('decode', 'upload', 'preprocess', 'encode', 'fuse', 'heads', 'total')
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def resolve_device(name: str = 'auto') -> torch.device:
+    """'auto' -> cuda when present, else cpu."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    if name == 'auto':
+        fast = device.type == 'cuda' or (device.type == 'cpu' and cpu_has_fast_bf16())
+        return torch.bfloat16 if fast else torch.float32
+    return DTYPES[name]
+
+
+class Engine:
+    """Runs a VisionPosePolicy on one observation at a time (see module docstring)."""
+
+    stage_names = STAGES
+
+    def __init__(self, policy: VisionPosePolicy, *, device: str = 'auto', dtype: str = 'auto',
+                 compile: bool = False, warmup_iters: int = 3,
+                 warmup_frames: Sequence[ImageFrame] | None = None):
+        self.config: PolicyConfig = policy.config
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        stats = policy.normalization()
+        self.policy = policy.to(self.device, self.dtype).eval()
+        # Normalization stays fp32 whatever the model dtype (pose positions need the precision).
+        self.policy.pose_tokenizer.normalizer.float()
+        self.policy.action_normalizer.float()
+        self.policy.set_normalization(stats)
+        self.preprocessor = Preprocessor(self.config.preprocess, self.device, self.dtype)
+        self._encode_early = self.policy.early_features
+        self._encode_images = self.policy.encode_images
+        self._fuse = self.policy.fuse
+        if compile:
+            self._encode_early = torch.compile(self._encode_early, dynamic=False)
+            self._encode_images = torch.compile(self._encode_images, dynamic=False)
+            self._fuse = torch.compile(self._fuse, dynamic=False)
+        # Late fusion cache: (observation stamp, image tokens (1, N * T, D)), replaced whole so a
+        # refresh on another thread never sees tokens of one observation with another's stamp.
+        self._image_tokens: tuple[int, torch.Tensor] | None = None
+        self.warmup(warmup_iters, warmup_frames)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path = '', **kwargs) -> Engine:
+        """Load a checkpoint directory ('' = the checkpoint shipped with the package)."""
+        from vit_perception.model.checkpoint import load_checkpoint
+
+        if not path:
+            if not DEFAULT_CHECKPOINT.is_dir():
+                raise CheckpointError(f'the embedded default checkpoint {DEFAULT_CHECKPOINT} is '
+                                      'missing: pass --model DIR or regenerate it (README)')
+            path = DEFAULT_CHECKPOINT
+        policy, _ = load_checkpoint(path)
+        return cls(policy, **kwargs)
+
+    # -- properties the node core relies on ----------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model_id
+
+    @property
+    def action_names(self) -> list[str]:
+        return list(self.config.actions.names)
+
+    @property
+    def dt(self) -> float:
+        return self.config.actions.dt
+
+    @property
+    def horizon(self) -> int:
+        return self.config.actions.horizon
+
+    @property
+    def fusion(self) -> str:
+        return self.config.fusion.mode
+
+    @property
+    def num_cameras(self) -> int:
+        return len(self.config.cameras)
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def infer(self, obs: Observation) -> ActionChunkResult:
+        """One observation -> embedding (D,) and action chunk (H, A) in robot units.
+
+        Raises ImageError / PoseError (nothing computed) on bad input.
+        """
+        if len(obs.frames) != self.num_cameras:
+            raise ImageError(f'observation has {len(obs.frames)} camera frames, the checkpoint '
+                             f'expects {self.num_cameras} ({self.config.cameras})')
+        timings = {}
+        start = t = time.perf_counter()
+        decoded = [image_to_array(frame) for frame in obs.frames]
+        position, quat, proprio = self._pose_tensors(obs.pose, obs.proprio)
+        t = _lap(timings, 'decode', t, None)
+        with torch.inference_mode():
+            uploaded = self.preprocessor.upload(decoded)  # host -> device
+            t = _lap(timings, 'upload', t, self.device)
+            pixels = self.preprocessor.transform(uploaded).unsqueeze(0)  # (1, N, 3, H, W)
+            t = _lap(timings, 'preprocess', t, self.device)
+            pose_tokens = self.policy.pose_tokens(position, quat, proprio)  # (1, K, D)
+            if self.fusion == 'late':
+                tokens = self._encode_images(pixels)  # (1, N * T, D)
+                t = _lap(timings, 'encode', t, self.device)
+                feature = self._fuse(tokens, pose_tokens)  # (1, D)
+                self._image_tokens = (obs.stamp_ns, tokens)
+                t = _lap(timings, 'fuse', t, self.device)
+            else:
+                feature = self._encode_early(pixels, pose_tokens)  # (1, D)
+                t = _lap(timings, 'encode', t, self.device)
+                timings['fuse'] = 0.0  # fused inside the ViT
+            embedding, chunk = self._heads(feature)
+            _lap(timings, 'heads', t, None)
+        timings['total'] = (time.perf_counter() - start) * 1e3
+        return ActionChunkResult(observation_stamp_ns=obs.stamp_ns, embedding=embedding,
+                                 chunk=chunk, timings_ms=timings)
+
+    def refresh(self, pose: PoseSample, proprio: np.ndarray | None = None,
+                observation_stamp_ns: int | None = None) -> np.ndarray | None:
+        """Late fusion: (H, A) chunk from the cached image tokens + a newer pose.
+
+        None in early-fusion mode, before the first `infer`, or when the cache does not hold the
+        tokens of `observation_stamp_ns` (when given). Safe to call from another thread.
+        """
+        cache = self._image_tokens
+        if self.fusion != 'late' or cache is None:
+            return None
+        stamp_ns, tokens = cache
+        if observation_stamp_ns is not None and stamp_ns != observation_stamp_ns:
+            return None
+        position, quat, proprio_t = self._pose_tensors(pose, proprio)
+        with torch.inference_mode():
+            feature = self._fuse(tokens, self.policy.pose_tokens(position, quat, proprio_t))
+            return self._heads(feature)[1]
+
+    def warmup(self, iters: int, frames: Sequence[ImageFrame] | None = None) -> None:
+        """Run `iters` full passes on synthetic (or given) frames; clears the late cache."""
+        if iters <= 0:
+            return
+        frames = list(frames) if frames else [
+            _synthetic_frame(480, 640, camera) for camera in range(self.num_cameras)]
+        pose = PoseSample(0, 'warmup', np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]))
+        obs = Observation(stamp_ns=0, frames=tuple(frames), pose=pose,
+                          proprio=np.zeros(len(self.config.pose.proprio_names)))
+        for _ in range(iters):
+            self.infer(obs)
+            self.refresh(pose, obs.proprio)
+        self._image_tokens = None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _heads(self, feature: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        embedding, chunk = self.policy.forward_head(feature)  # (1, E), (1, H, A) normalized
+        chunk = self.policy.actions_from_normalized(chunk)  # (1, H, A) robot units
+        return (embedding[0].float().cpu().numpy(), chunk[0].float().cpu().numpy())
+
+    def _pose_tensors(self, pose: PoseSample, proprio: np.ndarray | None):
+        """Validate and move a pose to the device: (1, 3), (1, 4), (1, P) float32."""
+        position = np.asarray(pose.position, dtype=np.float64)
+        quat = np.asarray(pose.orientation, dtype=np.float64)
+        if position.shape != (3,) or quat.shape != (4,):
+            raise PoseError(f'pose: expected position (3,) and quaternion xyzw (4,), got '
+                            f'{position.shape} and {quat.shape}')
+        if not (np.isfinite(position).all() and np.isfinite(quat).all()):
+            raise PoseError('pose: position and quaternion must be finite (got NaN/inf)')
+        norm = float(np.linalg.norm(quat))
+        if norm < 1e-6:
+            raise PoseError('pose: quaternion has zero norm; expected a unit quaternion xyzw')
+        expected = len(self.config.pose.proprio_names)
+        values = np.zeros(0) if proprio is None else np.asarray(proprio, dtype=np.float64)
+        if values.shape != (expected,) or not np.isfinite(values).all():
+            raise PoseError(f'proprio: expected {expected} finite values '
+                            f'({self.config.pose.proprio_names}), got shape {values.shape}')
+
+        def tensor(array):
+            return torch.as_tensor(array, dtype=torch.float32).unsqueeze(0).to(self.device)
+
+        return tensor(position), tensor(quat / norm), tensor(values)
+
+
+def _lap(timings: dict, stage: str, start: float, device: torch.device | None) -> float:
+    """Record the time since `start` for `stage` (synchronizing CUDA first); return now."""
+    if device is not None and device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    now = time.perf_counter()
+    timings[stage] = (now - start) * 1e3
+    return now
+
+
+def _synthetic_frame(height: int, width: int, camera: int) -> ImageFrame:
+    pixels = np.random.default_rng(camera).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return ImageFrame(stamp_ns=0, frame_id='warmup', data=pixels.tobytes(), height=height,
+                      width=width, encoding='rgb8', step=width * 3, camera=camera)

@@ -1,0 +1,416 @@
+"""PerceptionCore: the transport-free node logic every driver (DDS, rclpy, bag replay) runs.
+
+    on_image / on_pose (callbacks) -> ObservationBuilder (latest-only slot) -> wake the worker
+    worker: Engine.infer -> ActionScheduler.add_chunk, publish embedding + chunk
+    tick (control timer): staleness / stall checks -> [late-fusion refresh] -> ActionScheduler
+        -> ActionLimiter -> publish action
+    publish_diagnostics: latency, rates, drops, ages, clamps, OK/WARN/ERROR with a reason
+
+Callbacks only take a short lock; the model never runs under it, so a callback never waits for
+inference. threaded=False (bag replay): no worker, `run_pending()` runs the inference inline and
+only the injected clock is read, so a replay is deterministic.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from vit_perception.config import NodeConfig
+from vit_perception.core.observation import ObservationBuilder
+from vit_perception.core.safety import ActionLimiter
+from vit_perception.core.scheduler import ActionScheduler
+from vit_perception.core.stats import DropCounter, LatencyStats, RateMeter, ThrottledLog
+from vit_perception.core.types import NS_PER_S, ActionChunkResult, ImageFrame, PoseSample
+from vit_perception.errors import ConfigError, ImageError, PoseError
+
+OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
+
+# Normal in a latest-only pipeline (camera faster than the model): counted, never a warning.
+QUIET_DROPS = ('superseded', 'superseded_pending')
+
+
+@dataclass
+class DiagnosticsReport:
+    level: int  # 0 OK, 1 WARN, 2 ERROR (diagnostic_msgs/DiagnosticStatus levels)
+    message: str  # human reason, e.g. 'no action: observation 0.82 s old > 0.5 s'
+    values: dict[str, str]  # latency p50/p99 per stage, input/output rates, drops, ages, clamps
+
+
+class Outputs(Protocol):
+    """Implemented by each driver; called from core threads, never under the core's lock
+    (except `log`, which must not call back into the core)."""
+
+    def publish_embedding(self, result: ActionChunkResult, frame_id: str) -> None: ...
+
+    def publish_chunk(self, result: ActionChunkResult) -> None: ...
+
+    def publish_action(self, stamp_ns: int, action: np.ndarray,
+                       observation_stamp_ns: int) -> None: ...
+
+    def publish_diagnostics(self, report: DiagnosticsReport) -> None: ...
+
+    def log(self, level: str, text: str) -> None: ...
+
+
+class PerceptionCore:
+    """Observations in, embeddings + chunks + control-rate actions out. No transport."""
+
+    def __init__(self, config: NodeConfig, engine, outputs: Outputs,
+                 clock: Callable[[], int], threaded: bool = True):
+        self.config = config
+        self.engine = engine
+        self.outputs = outputs
+        self.threaded = threaded
+        self._clock = clock
+        self.action_names = list(engine.action_names)
+        self.num_cameras = len(config.topics.cameras)
+        cameras = getattr(getattr(engine, 'config', None), 'cameras', None)
+        if cameras is not None and len(cameras) != self.num_cameras:
+            raise ConfigError(f'topics.cameras has {self.num_cameras} topics but the model '
+                              f'expects {len(cameras)} cameras ({", ".join(cameras)})')
+
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self.drops = DropCounter()
+        self.latency = LatencyStats()
+        self._log = ThrottledLog(outputs.log, config.log_throttle)
+        self.builder = ObservationBuilder(config.sync, self.num_cameras, self.drops,
+                                          self._on_drop)
+        self.scheduler = ActionScheduler(engine.dt, engine.horizon, config.control.ensemble_coeff)
+        self.limiter = ActionLimiter(config.safety, self.action_names)
+        self._rates = {name: RateMeter() for name in
+                       [f'image{c}' for c in range(self.num_cameras)] + ['pose', 'chunk',
+                                                                          'action']}
+        self._late_refresh = engine.fusion == 'late' and config.control.late_fusion_refresh
+        self._max_age_ns = int(config.sync.max_observation_age * NS_PER_S)
+        self._stall_ns = int(config.safety.max_inference_time * NS_PER_S)
+        self._poll_s = min(max(config.sync.max_pose_skew / 2, 0.005), 0.1)
+
+        self._now_ns = 0  # last clock reading (under the lock)
+        self._epoch = 0  # bumped by reset(): results of older inferences are discarded
+        self._resets = 0
+        self._busy_since_ns: int | None = None  # clock when the running inference started
+        self._newest_obs_ns: int | None = None  # stamp of the newest observation with a chunk
+        self._last_refresh: tuple[int, int] | None = None  # (chunk stamp, pose stamp) refreshed
+        self._suppressed: str | None = None  # why the last tick published nothing
+        self._last_drop, self._last_drop_ns = '', 0  # newest drop worth naming in a reason
+        self._drops_reported: dict[str, int] = {}
+        self._stopping = False
+        self._worker: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ inputs (callbacks)
+
+    def on_image(self, frame: ImageFrame) -> None:
+        """Image callback: cheap, never waits for the model."""
+        with self._lock:
+            now = self._now()
+            meter = self._rates.get(f'image{frame.camera}')
+            if meter is not None:
+                meter.tick(now)
+            self.builder.add_image(frame, now)
+            if self.builder.has_ready():
+                self._wake.notify()
+
+    def on_pose(self, pose: PoseSample) -> None:
+        """Pose callback: cheap, never waits for the model."""
+        with self._lock:
+            now = self._now()
+            self._rates['pose'].tick(now)
+            self.builder.add_pose(pose, now)
+            if self.builder.has_ready():
+                self._wake.notify()
+
+    def on_proprio(self, values, stamp_ns: int) -> None:
+        """Extra proprioceptive scalars (the checkpoint's pose.proprio_names), newest wins."""
+        with self._lock:
+            self._now()
+            self.builder.set_proprio(values, stamp_ns)
+
+    def on_bad_message(self, source: str, reason: str, detail: str) -> None:
+        """A driver could not convert a message: counted by reason, logged (throttled)."""
+        with self._lock:
+            now = self._now()
+            self.drops.add(reason)
+            self._last_drop, self._last_drop_ns = reason, now
+            self._log(reason, 'warn', f'dropped {source} message ({reason}): {detail}', now)
+
+    # ------------------------------------------------------------------ inference
+
+    def start(self) -> None:
+        """Start the inference worker (threaded=True); no-op otherwise or if running."""
+        if not self.threaded or (self._worker is not None and self._worker.is_alive()):
+            return
+        self._stopping = False
+        self._worker = threading.Thread(target=self._worker_loop, name='vit_perception_infer',
+                                        daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        """Stop the worker after the inference in flight (if any) returns."""
+        with self._lock:
+            self._stopping = True
+            self._wake.notify_all()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.join(timeout=self.config.safety.max_inference_time + 5.0)
+            if worker.is_alive():
+                self.outputs.log('warn', 'inference worker still busy at stop; left to finish')
+
+    def run_pending(self) -> bool:
+        """threaded=False: run the pending inference now; True if one ran.
+
+        Engine errors other than ImageError/PoseError propagate to the caller in this mode.
+        """
+        if self._worker is not None and self._worker.is_alive():
+            raise RuntimeError('run_pending() is for threaded=False; the worker thread is running')
+        return self._run_one(catch_all=False)
+
+    def _worker_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping:
+                    self.builder.poll(self._now())
+                    if self.builder.has_ready():
+                        break
+                    self._wake.wait(self._poll_s)  # also lets pending observations time out
+                if self._stopping:
+                    return
+            try:
+                self._run_one(catch_all=True)
+            except Exception as err:  # a publisher failed: keep the worker alive
+                self._count_and_log('worker_error', 'error',
+                                    f'inference worker: {type(err).__name__}: {err}')
+
+    def _run_one(self, catch_all: bool) -> bool:
+        with self._lock:
+            started = self._now()
+            obs = self.builder.take(started)
+            if obs is None:
+                return False
+            self._busy_since_ns = started
+            epoch = self._epoch
+        failure = None
+        try:
+            result = self.engine.infer(obs)
+        except ImageError as err:
+            failure = ('bad_image', 'warn', f'inference skipped, bad image at {obs.stamp_ns} ns: '
+                                            f'{err}')
+        except PoseError as err:
+            failure = ('bad_pose', 'warn', f'inference skipped, bad pose at {obs.stamp_ns} ns: '
+                                           f'{err}')
+        except Exception as err:
+            if not catch_all:
+                raise
+            failure = ('inference_error', 'error', f'inference failed at {obs.stamp_ns} ns: '
+                                                   f'{type(err).__name__}: {err}')
+        finally:
+            with self._lock:
+                self._busy_since_ns = None
+        if failure is not None:
+            self._count_and_log(*failure)
+            return True
+        with self._lock:
+            now = self._now()
+            if epoch != self._epoch:
+                self._drop_locked('reset_discard', 'info', 'inference result from before a '
+                                  'reset discarded', now)
+                return True
+            problem = self._check_result(result)
+            if problem:
+                self._drop_locked('bad_output', 'error', problem, now)
+                return True
+            self.scheduler.add_chunk(result.observation_stamp_ns, result.chunk)
+            self._newest_obs_ns = max(self._newest_obs_ns or 0, result.observation_stamp_ns)
+            self.latency.add_all(result.timings_ms)
+            self.latency.add('infer_call', (now - started) / 1e6)
+            self.latency.add('observation_to_chunk', (now - obs.stamp_ns) / 1e6)
+            self._rates['chunk'].tick(now)
+        self.outputs.publish_embedding(result, obs.frames[0].frame_id)
+        self.outputs.publish_chunk(result)
+        return True
+
+    def _check_result(self, result: ActionChunkResult) -> str:
+        chunk = np.asarray(result.chunk)
+        expected = (self.scheduler.horizon, len(self.action_names))
+        if chunk.shape != expected:
+            return f'engine returned a chunk of shape {chunk.shape}: expected {expected}'
+        return ''
+
+    # ------------------------------------------------------------------ control
+
+    def tick(self) -> np.ndarray | None:
+        """Control timer: publish and return the action for clock() now, or None (suppressed)."""
+        with self._lock:
+            now = self._now()
+            self.builder.poll(now)
+            if self.builder.has_ready():
+                self._wake.notify()
+            reason = self._blocked_reason(now)
+            pose = self._refresh_pose() if reason is None else None
+            proprio, epoch = self.builder.proprio, self._epoch
+            chunk_stamp = self.scheduler.newest_stamp_ns
+        refreshed = None
+        if pose is not None:  # late fusion: small model step, run outside the lock
+            try:
+                refreshed = self.engine.refresh(pose, proprio if proprio.size else None,
+                                                observation_stamp_ns=chunk_stamp)
+            except (PoseError, ValueError) as err:
+                self._count_and_log('refresh_error', 'warn', f'late-fusion refresh skipped: {err}')
+        with self._lock:
+            if pose is not None and epoch == self._epoch:
+                self._last_refresh = (chunk_stamp, pose.stamp_ns)  # tried: not again each tick
+                if refreshed is not None and self.scheduler.newest_stamp_ns == chunk_stamp:
+                    self.scheduler.refresh(pose.stamp_ns, refreshed)
+            action = scheduled = None
+            if reason is None:
+                scheduled = self.scheduler.action_at(now)
+                if scheduled is None:
+                    reason = ('no action: the newest action chunk ends before now (horizon '
+                              f'{self.scheduler.horizon} x dt {self.engine.dt} s)')
+            if scheduled is not None:
+                action = self.limiter.apply(scheduled.action)
+                if action is None:
+                    reason = 'no action: the model produced a non-finite action'
+            self._set_suppressed(reason, now)
+            if action is not None:
+                self._rates['action'].tick(now)
+        if action is None:
+            return None
+        self.outputs.publish_action(now, action, scheduled.observation_stamp_ns)
+        return action
+
+    def _blocked_reason(self, now: int) -> str | None:
+        """Why no action may be published now (stall, no input, stale), or None."""
+        if self._busy_since_ns is not None and now - self._busy_since_ns > self._stall_ns:
+            return (f'no action: inference running {(now - self._busy_since_ns) / NS_PER_S:.2f} s'
+                    f' > safety.max_inference_time {self.config.safety.max_inference_time} s')
+        newest = self._newest_obs_ns
+        last_drop = ''
+        if self._last_drop and (newest is None or self._last_drop_ns >= newest):
+            last_drop = f' (last drop: {self._last_drop})'  # it may explain the missing input
+        if newest is None:
+            if all(self.builder.last_image_stamp_ns(c) is None for c in range(self.num_cameras)):
+                return 'no action: no image received yet' + last_drop
+            if self.builder.newest_pose() is None:
+                return 'no action: no pose received yet' + last_drop
+            return 'no action: no observation has been through the model yet' + last_drop
+        if now - newest > self._max_age_ns:
+            return (f'no action: observation {(now - newest) / NS_PER_S:.2f} s old > '
+                    f'sync.max_observation_age {self.config.sync.max_observation_age} s'
+                    + last_drop)
+        return None
+
+    def _refresh_pose(self) -> PoseSample | None:
+        """Late fusion: the newest pose, unless older than the newest chunk or already used."""
+        if not self._late_refresh:
+            return None
+        pose = self.builder.newest_pose()
+        newest = self.scheduler.newest_stamp_ns
+        if pose is None or newest is None or pose.stamp_ns < newest:
+            return None
+        return None if (newest, pose.stamp_ns) == self._last_refresh else pose
+
+    def _set_suppressed(self, reason: str | None, now: int) -> None:
+        if reason is not None and self._suppressed is None:
+            self._log('suppressed', 'warn', reason, now)
+        elif reason is None and self._suppressed is not None:
+            self._log('resumed', 'info', 'actions resumed', now)
+        self._suppressed = reason
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def publish_diagnostics(self) -> DiagnosticsReport:
+        """Build the report, hand it to outputs.publish_diagnostics and return it."""
+        with self._lock:
+            now = self._now()
+            reason = self._blocked_reason(now) or self._suppressed
+            drops = self.drops.counts()
+            new = {r: n - self._drops_reported.get(r, 0) for r, n in drops.items()
+                   if r not in QUIET_DROPS and n > self._drops_reported.get(r, 0)}
+            self._drops_reported = drops
+            values = self._diagnostic_values(now, drops, reason)
+        if reason:
+            level, message = ERROR, reason
+        elif new:
+            level = WARN
+            listed = ', '.join(f'{r} x{n}' for r, n in new.items())
+            message = f'{sum(new.values())} inputs dropped since the last report: {listed}'
+        else:
+            level, message = OK, 'publishing actions'
+        report = DiagnosticsReport(level, message, values)
+        self.outputs.publish_diagnostics(report)
+        return report
+
+    def _diagnostic_values(self, now: int, drops: dict[str, int], reason) -> dict[str, str]:
+        def age(stamp):
+            return 'never' if stamp is None else f'{(now - stamp) / NS_PER_S:.3f}'
+
+        values = {'model_id': str(self.engine.model_id), 'fusion': str(self.engine.fusion),
+                  'actions_suppressed': reason or ''}
+        for stage, (p50, p99) in self.latency.percentiles().items():
+            values[f'latency.{stage}.p50_ms'] = f'{p50:.2f}'
+            values[f'latency.{stage}.p99_ms'] = f'{p99:.2f}'
+        for name, meter in self._rates.items():
+            values[f'rate.{name}_hz'] = f'{meter.rate_hz(now):.2f}'
+        for c in range(self.num_cameras):
+            values[f'age.image{c}_s'] = age(self.builder.last_image_stamp_ns(c))
+        pose = self.builder.newest_pose()
+        values['age.pose_s'] = age(None if pose is None else pose.stamp_ns)
+        values['age.observation_s'] = age(self._newest_obs_ns)
+        busy = self._busy_since_ns
+        values['inference_running_s'] = '' if busy is None else f'{(now - busy) / NS_PER_S:.3f}'
+        for r, n in drops.items():
+            values[f'drops.{r}'] = str(n)
+        for kind, n in self.limiter.counts().items():
+            values[f'clamps.{kind}'] = str(n)
+        values['resets'] = str(self._resets)
+        return values
+
+    # ------------------------------------------------------------------ reset / helpers
+
+    def reset(self, reason: str) -> None:
+        """Clock jumped backwards (or the driver asks): clear history and chunks, log."""
+        with self._lock:
+            self._reset_locked(reason)
+
+    def _reset_locked(self, reason: str) -> None:
+        self.builder.reset()
+        self.scheduler.clear()
+        self.limiter.reset()
+        for meter in self._rates.values():
+            meter.clear()
+        self._epoch += 1
+        self._resets += 1
+        self._last_refresh = None
+        self._newest_obs_ns = None
+        self.outputs.log('warn', f'reset: {reason}; pose history and action chunks cleared')
+
+    def _now(self) -> int:
+        """Read the injected clock (under the lock); a backwards jump resets everything."""
+        now = int(self._clock())
+        previous = self._now_ns
+        self._now_ns = now
+        if self.builder.check_clock(now):
+            self._reset_locked(f'clock jumped back from {previous} ns to {now} ns')
+        return now
+
+    def _on_drop(self, reason: str, detail: str) -> None:
+        """ObservationBuilder drop hook (called under the lock): remember and log, throttled."""
+        if reason in QUIET_DROPS:
+            return
+        self._last_drop, self._last_drop_ns = reason, self._now_ns
+        self._log(reason, 'warn', f'dropped ({reason}): {detail}', self._now_ns)
+
+    def _drop_locked(self, reason: str, level: str, text: str, now: int) -> None:
+        self.drops.add(reason)
+        self._last_drop, self._last_drop_ns = reason, now
+        self._log(reason, level, text, now)
+
+    def _count_and_log(self, reason: str, level: str, text: str) -> None:
+        with self._lock:
+            self._drop_locked(reason, level, text, self._now())

@@ -1,0 +1,648 @@
+"""`vit-perception bench --live` / `--soak SECONDS`: the DDS node measured end to end on loopback.
+
+Three processes, as on a robot: a publisher (camera(s) 640x480 rgb8 at 30 Hz + pose at 500 Hz,
+header stamps = send time), the node (`vit-perception node --backend dds`, its own process) and
+this process, which records the node's outputs with their receive times:
+
+    image-in -> chunk-out latency = receive time of the ActionChunk - its observation stamp
+    tick period jitter            = |period - 1 / rate| between consecutive action messages, from
+                                    their header stamps (the node's clock at each tick: the
+                                    headline figure) and from their receive times
+    node-side figures             = /diagnostics (timer lateness, stage latencies, drops)
+    memory                        = node RSS sampled every few seconds (psutil)
+
+Statistics cover a window that starts after a warm-up (first chunk + a few seconds). Cyclone
+runs on the loopback interface only. The helpers here (NodeProcess, OutputRecorder, ...) are
+also what the process-level reliability tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CAMERA_RATE_HZ = 30.0
+POSE_RATE_HZ = 500.0
+SOAK_CAMERAS = 4
+LIVE_WARMUP_S = 3.0  # after the first chunk, before the statistics window opens
+SOAK_WARMUP_S = 10.0  # (at most half the duration)
+JITTER_TARGET_MS = 2.0  # the issue's target for the control tick's period jitter p99
+
+# Cyclone on the loopback interface only (multicast on it): nothing leaves the machine.
+LOOPBACK_URI = ('<CycloneDDS><Domain id="any"><General><Interfaces>'
+                '<NetworkInterface name="lo" multicast="true"/>'
+                '</Interfaces></General></Domain></CycloneDDS>')
+
+RUNNING_LINE = 'vit-perception node: running'
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers shared with the process-level tests
+# ------------------------------------------------------------------------------------------
+
+def cli_command(subcommand: str, *args: str) -> list[str]:
+    """argv running `vit-perception SUBCOMMAND ARGS` (the CLI entry point) with this Python."""
+    return [sys.executable, '-m', 'vit_perception.tools.cli', subcommand, *args]
+
+
+def loopback_env(base: dict | None = None) -> dict:
+    """Environment for DDS child processes: Cyclone on loopback, no ROS_DOMAIN_ID."""
+    env = dict(os.environ if base is None else base)
+    env['CYCLONEDDS_URI'] = LOOPBACK_URI
+    env.pop('ROS_DOMAIN_ID', None)
+    env.setdefault('PYTHONUNBUFFERED', '1')
+    return env
+
+
+def pick_domain() -> int:
+    """A DDS domain id (1..232) that differs between concurrently running processes."""
+    return 1 + (os.getpid() * 7 + int(time.monotonic() * 1000)) % 232
+
+
+def save_random_checkpoint(directory: str | Path, *, size: str = 'small', cameras: int = 1,
+                           fusion: str = 'early', policy_config=None) -> Path:
+    """A randomly initialized checkpoint (bench.SIZES ViT, or `policy_config`) in `directory`."""
+    import torch
+
+    from vit_perception.model.checkpoint import save_checkpoint
+    from vit_perception.model.policy import build_policy
+    from vit_perception.tools.bench import _load_policy
+
+    torch.manual_seed(0)
+    if policy_config is not None:
+        policy = build_policy(policy_config).eval()
+    else:
+        policy = _load_policy('', size, fusion, cameras)
+    return save_checkpoint(policy, directory)
+
+
+class NodeProcess:
+    """`vit-perception node --backend dds` in its own process; stderr goes to a file.
+
+    Use as a context manager: the process is killed on exit if it is still running.
+    """
+
+    def __init__(self, model: str | Path, domain: int, overrides: list[str] = (), *,
+                 log_path: str | Path | None = None, env: dict | None = None):
+        self.domain = domain
+        self.argv = cli_command('node', '--backend', 'dds', '--model', str(model),
+                                '--set', f'domain_id={domain}',
+                                *[a for item in overrides for a in ('--set', item)])
+        self._own_log = log_path is None
+        if log_path is None:
+            handle, log_path = tempfile.mkstemp(prefix='vit_perception_node_', suffix='.log')
+            os.close(handle)
+        self.log_path = Path(log_path)
+        self._env = loopback_env(env)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> NodeProcess:
+        with open(self.log_path, 'wb') as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=log, env=self._env)
+        return self
+
+    def wait_running(self, timeout: float = 120.0) -> None:
+        """Block until the node says it is running; RuntimeError (with its stderr) otherwise."""
+        deadline = time.monotonic() + timeout
+        while RUNNING_LINE not in self.stderr():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f'node exited with {self.proc.returncode} before running:\n'
+                                   f'{self.stderr()[-3000:]}')
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'node not running after {timeout:.0f} s:\n'
+                                   f'{self.stderr()[-3000:]}')
+            time.sleep(0.05)
+
+    def stderr(self) -> str:
+        try:
+            return self.log_path.read_text(errors='replace')
+        except FileNotFoundError:
+            return ''
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_bytes(self) -> int:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
+        """Send `sig`, wait for the exit (kill after `timeout`); the exit code."""
+        if self.alive():
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.kill()
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+def diag_values(msg) -> dict[str, str]:
+    """The key/value pairs of the first status of a DiagnosticArray."""
+    return {kv.key: kv.value for kv in msg.status[0].values} if msg.status else {}
+
+
+def drops_in(values: dict[str, str]) -> dict[str, int]:
+    """{reason: count} from diagnostics values (`drops.<reason>`)."""
+    return {k[len('drops.'):]: int(v) for k, v in values.items() if k.startswith('drops.')}
+
+
+@dataclass
+class Received:
+    """What the recorder got; times are time.time_ns() at the callback."""
+
+    chunks: list = field(default_factory=list)  # (recv_ns, observation_stamp_ns)
+    embeddings: list = field(default_factory=list)  # (stamp_ns, embedding np.ndarray)
+    actions: list = field(default_factory=list)  # (recv_ns, stamp_ns, observation_stamp_ns)
+    diagnostics: list = field(default_factory=list)  # (recv_ns, level, message, values)
+
+
+class OutputRecorder:
+    """Subscribes to the node's four outputs on `transport` and records them (thread-safe)."""
+
+    def __init__(self, transport, topics=None, embeddings: bool = False):
+        from vit_perception.config import TopicsConfig
+        from vit_perception.drivers import dds
+        from vit_perception.drivers import ros_types as rt
+
+        topics = topics or TopicsConfig()
+        self._rt = rt
+        self._lock = threading.Lock()
+        self.data = Received()
+        self.subscriptions = [
+            transport.subscribe(topics.action_chunk, rt.ACTION_CHUNK, dds.DEFAULT, self._chunk),
+            transport.subscribe(topics.action, rt.ACTION_CHUNK, dds.DEFAULT, self._action),
+            transport.subscribe(topics.diagnostics, rt.DIAGNOSTIC_ARRAY, dds.DEFAULT,
+                                self._diagnostics)]
+        if embeddings:
+            self.subscriptions.append(transport.subscribe(
+                topics.embedding, rt.EMBEDDING, dds.DEFAULT, self._embedding))
+
+    def _chunk(self, msg) -> None:
+        now = time.time_ns()
+        with self._lock:
+            self.data.chunks.append((now, self._rt.stamp_ns(msg.observation_stamp)))
+
+    def _action(self, msg) -> None:
+        now = time.time_ns()
+        with self._lock:
+            self.data.actions.append((now, self._rt.stamp_ns(msg.header.stamp),
+                                      self._rt.stamp_ns(msg.observation_stamp)))
+
+    def _embedding(self, msg) -> None:
+        embedding = np.array(self._rt.embedding_from_msg(msg))  # a copy, off the buffer
+        with self._lock:
+            self.data.embeddings.append((self._rt.stamp_ns(msg.header.stamp), embedding))
+
+    def _diagnostics(self, msg) -> None:
+        now = time.time_ns()
+        status = msg.status[0] if msg.status else None
+        entry = (now, int(status.level) if status else -1, status.message if status else '',
+                 diag_values(msg))
+        with self._lock:
+            self.data.diagnostics.append(entry)
+
+    def snapshot(self) -> Received:
+        with self._lock:
+            return Received(list(self.data.chunks), list(self.data.embeddings),
+                            list(self.data.actions), list(self.data.diagnostics))
+
+    def latest_values(self) -> dict[str, str]:
+        """Values of the newest diagnostics message ({} before the first)."""
+        with self._lock:
+            return dict(self.data.diagnostics[-1][3]) if self.data.diagnostics else {}
+
+    def observation_stamps(self) -> set[int]:
+        """Observation stamps of every chunk and action received."""
+        with self._lock:
+            return ({s for _, s in self.data.chunks}
+                    | {s for _, _, s in self.data.actions})
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
+    """Poll `predicate` until true or `timeout` s pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return bool(predicate())
+        time.sleep(interval)
+    return True
+
+
+# ------------------------------------------------------------------------------------------
+# Publisher process: cameras at CAMERA_RATE_HZ + pose at POSE_RATE_HZ, stamps = send time
+# ------------------------------------------------------------------------------------------
+
+def publisher_command(domain: int, topics: list[str], width: int, height: int,
+                      duration: float, camera_rate: float = CAMERA_RATE_HZ,
+                      pose_rate: float = POSE_RATE_HZ, pose_topic: str = '/ee_pose') -> list:
+    return [sys.executable, '-m', 'vit_perception.tools.live_bench', 'publish',
+            '--domain', str(domain), '--topics', ','.join(topics), '--size',
+            f'{width}x{height}', '--duration', str(duration), '--camera-rate', str(camera_rate),
+            '--pose-rate', str(pose_rate), '--pose-topic', pose_topic]
+
+
+class _ImageStream:
+    """One camera: a pre-serialized Image whose header stamp is patched per frame."""
+
+    def __init__(self, publisher, frame_id: str, pixels: np.ndarray):
+        from vit_perception.drivers import ros_types as rt
+
+        self.publisher = publisher
+        self.cdr = bytearray(rt.serialize(rt.image_msg(1, frame_id, pixels, 'rgb8')))
+        # CDR: 4-byte encapsulation header, then header.stamp = int32 sec, uint32 nanosec.
+        self.set_stamp(123_456_789_000)
+        assert rt.stamp_ns(rt.deserialize(bytes(self.cdr), rt.IMAGE).header.stamp) == \
+            123_456_789_000, 'Image CDR layout: header stamp not at offset 4'
+
+    def set_stamp(self, stamp_ns: int) -> None:
+        struct.pack_into('<iI', self.cdr, 4, *divmod(stamp_ns, 1_000_000_000))
+
+    def send(self, stamp_ns: int) -> None:
+        self.set_stamp(stamp_ns)
+        self.publisher.publish_cdr(self.cdr)
+
+
+def publish_main(argv: list[str]) -> int:
+    """The publisher process (see publisher_command); prints a JSON summary on stdout."""
+    from vit_perception.drivers import dds
+    from vit_perception.drivers import ros_types as rt
+
+    parser = argparse.ArgumentParser(prog='live_bench publish')
+    parser.add_argument('--domain', type=int, required=True)
+    parser.add_argument('--topics', required=True)
+    parser.add_argument('--size', default='640x480')
+    parser.add_argument('--duration', type=float, required=True)
+    parser.add_argument('--camera-rate', type=float, default=CAMERA_RATE_HZ)
+    parser.add_argument('--pose-rate', type=float, default=POSE_RATE_HZ)
+    parser.add_argument('--pose-topic', default='/ee_pose')
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.split('x'))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    dds.tune_allocator()
+    rng = np.random.default_rng(0)
+    sent = {'images': 0, 'poses': 0}
+    lateness = []
+    with dds.DdsTransport(args.domain) as transport:
+        streams = [_ImageStream(transport.publisher(topic, rt.IMAGE, dds.SENSOR_DATA),
+                                f'camera{i}', rng.integers(0, 256, (height, width, 3),
+                                                           dtype=np.uint8))
+                   for i, topic in enumerate(args.topics.split(','))]
+        pose_pub = transport.publisher(args.pose_topic, rt.POSE_STAMPED, dds.DEFAULT)
+        matched = all(s.publisher.wait_for_subscribers(1, 60) for s in streams) and \
+            pose_pub.wait_for_subscribers(1, 60)
+        cam_period = round(1e9 / args.camera_rate)
+        pose_period = round(1e9 / args.pose_rate)
+        start = time.perf_counter_ns()
+        end = start + int(args.duration * 1e9)
+        next_cam, next_pose = start, start
+        while matched and not stop.is_set():
+            due = min(next_cam, next_pose)
+            if due >= end:
+                break
+            wait = due - time.perf_counter_ns()
+            if wait > 0:
+                time.sleep(wait / 1e9)
+            now = time.perf_counter_ns()
+            if now >= next_pose:
+                t = time.time_ns()
+                phase = t / 1e9
+                pose_pub.publish(rt.pose_msg(
+                    t, 'base', [0.4 + 0.05 * math.sin(phase), 0.05 * math.cos(phase), 0.3],
+                    [0.0, 0.0, math.sin(0.1 * math.sin(phase)), math.cos(0.1 * math.sin(phase))]))
+                sent['poses'] += 1
+                next_pose += pose_period * max(1, (now - next_pose) // pose_period + 1)
+            if now >= next_cam:
+                lateness.append(now - next_cam)
+                t = time.time_ns()  # one stamp for every camera: a synchronized rig
+                for stream in streams:
+                    stream.send(t)
+                sent['images'] += len(streams)
+                next_cam += cam_period * max(1, (now - next_cam) // cam_period + 1)
+    late = np.asarray(lateness or [0]) / 1e6
+    print(json.dumps({'matched': matched, **sent,
+                      'camera_late_p99_ms': float(np.percentile(late, 99))}), flush=True)
+    return 0 if matched else 1
+
+
+# ------------------------------------------------------------------------------------------
+# The benchmark
+# ------------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    from vit_perception.errors import ConfigError
+
+    soak = float(args.soak or 0.0)
+    duration = soak if soak else float(args.duration)
+    if not duration > 0 or not args.rate > 0:
+        raise ConfigError(f'--duration/--soak {duration} and --rate {args.rate}: must be > 0')
+    try:
+        width, height = (int(v) for v in str(getattr(args, 'image', '640x480')).lower()
+                         .split('x'))
+    except ValueError:
+        raise ConfigError(f'--image {args.image!r}: expected WIDTHxHEIGHT, e.g. 640x480'
+                          ) from None
+
+    def progress(text: str) -> None:
+        print(f'bench: {text}', file=sys.stderr, flush=True)
+
+    report = measure(mode='soak' if soak else 'live', duration=duration, rate=args.rate,
+                     model=args.model, size=args.size, fusion=args.fusion, device=args.device,
+                     dtype=args.dtype, width=width, height=height,
+                     cameras=SOAK_CAMERAS if soak else 1, progress=progress)
+    print(json.dumps(report, indent=2) if args.json else format_report(report), flush=True)
+    return 0
+
+
+def measure(*, mode: str, duration: float, rate: float, model: str = '', size: str = 'small',
+            fusion: str = 'early', device: str = 'auto', dtype: str = 'auto', width: int = 640,
+            height: int = 480, cameras: int = 1, warmup: float | None = None,
+            progress=lambda text: None) -> dict:
+    """Run publisher + node + recorder for `duration` s of measurement; return the report."""
+    if warmup is None:  # short runs (smoke tests) warm up for a fraction of their duration
+        warmup = min(SOAK_WARMUP_S if mode == 'soak' else LIVE_WARMUP_S, duration / 2)
+    previous_uri = os.environ.get('CYCLONEDDS_URI')
+    os.environ['CYCLONEDDS_URI'] = LOOPBACK_URI  # this process's participant too
+    try:
+        return _measure(mode, duration, rate, model, size, fusion, device, dtype, width, height,
+                        cameras, warmup, progress)
+    finally:
+        if previous_uri is None:
+            os.environ.pop('CYCLONEDDS_URI', None)
+        else:
+            os.environ['CYCLONEDDS_URI'] = previous_uri
+
+
+def _measure(mode, duration, rate, model, size, fusion, device, dtype, width, height, cameras,
+             warmup, progress) -> dict:
+    from vit_perception.drivers import dds
+
+    with tempfile.TemporaryDirectory(prefix='vit_perception_bench_') as tmp:
+        if model:
+            cameras = _checkpoint_cameras(model)
+            model_name = str(model)
+        else:
+            progress(f'building a random-init ViT-{size[0].upper()}/16 checkpoint with '
+                     f'{cameras} camera(s) ...')
+            model = save_random_checkpoint(Path(tmp) / 'checkpoint', size=size,
+                                           cameras=cameras, fusion=fusion)
+            model_name = f'random-init ViT-{size[0].upper()}/16 224, {fusion} fusion'
+        topics = (['/camera/image_raw'] if cameras == 1 else
+                  [f'/camera{i}/image_raw' for i in range(cameras)])
+        domain = pick_domain()
+        overrides = [f'control.control_rate_hz={rate:g}', f'engine.device={device}',
+                     f'engine.dtype={dtype}', 'diagnostics_period=1.0',
+                     f'topics.cameras=[{",".join(topics)}]',
+                     f'topics.camera_transports=[{",".join(["raw"] * cameras)}]']
+        node = NodeProcess(model, domain, overrides, log_path=Path(tmp) / 'node.log')
+        publisher = None
+        try:
+            progress(f'starting the node on DDS domain {domain} (loopback) ...')
+            node.start()
+            node.wait_running(timeout=600)
+            rss_loaded = node.rss_bytes()
+            transport = dds.DdsTransport(domain)
+            try:
+                recorder = OutputRecorder(transport)
+                for sub in recorder.subscriptions:
+                    sub.wait_for_publishers(1, timeout=30)
+                total = duration + warmup + 30.0  # the publisher stops itself at the latest
+                progress(f'publishing {cameras} x {width}x{height} rgb8 at '
+                         f'{CAMERA_RATE_HZ:g} Hz + pose at {POSE_RATE_HZ:g} Hz; measuring '
+                         f'{duration:g} s after a {warmup:g} s warm-up ...')
+                load_start = os.getloadavg()
+                publisher = subprocess.Popen(
+                    publisher_command(domain, topics, width, height, total),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    env=loopback_env(), text=True)
+                if not wait_for(lambda: recorder.snapshot().chunks or publisher.poll()
+                                is not None or not node.alive(), timeout=120, interval=0.05):
+                    raise RuntimeError('no action chunk within 120 s of publishing:\n'
+                                       + node.stderr()[-3000:])
+                if not node.alive() or publisher.poll() is not None:
+                    raise RuntimeError('a process ended early:\n' + node.stderr()[-3000:])
+                time.sleep(warmup)
+                window = _Window(time.time_ns())
+                window.diag_start = recorder.latest_values()
+                rss = [(0.0, node.rss_bytes())]
+                period = 1.0 if duration <= 60 else 5.0
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < duration:
+                    time.sleep(min(period, duration - (time.monotonic() - t0)))
+                    if not node.alive():
+                        raise RuntimeError('the node died during the run:\n'
+                                           + node.stderr()[-3000:])
+                    rss.append((time.monotonic() - t0, node.rss_bytes()))
+                window.end_ns = time.time_ns()
+                load_end = os.getloadavg()
+                publisher.send_signal(signal.SIGINT)
+                pub_out, pub_err = publisher.communicate(timeout=30)
+                # one more diagnostics message after the traffic stopped
+                count = len(recorder.snapshot().diagnostics)
+                wait_for(lambda: len(recorder.snapshot().diagnostics) > count, timeout=5)
+                received = recorder.snapshot()
+            finally:
+                transport.close()
+            exit_code = node.stop(signal.SIGINT, timeout=60)
+        finally:
+            if publisher is not None and publisher.poll() is None:
+                publisher.kill()
+                publisher.wait()
+            node.kill()
+        stderr = node.stderr()
+    sent = _last_json(pub_out)
+    report = {
+        'mode': mode,
+        'model': model_name,
+        'cameras': cameras,
+        'image': f'{width}x{height} rgb8',
+        'camera_rate_hz': CAMERA_RATE_HZ,
+        'pose_rate_hz': POSE_RATE_HZ,
+        'control_rate_hz': rate,
+        'device': device,
+        'dtype': dtype,
+        'duration_s': duration,
+        'warmup_s': warmup,
+        'machine': {'cpus': os.cpu_count(), 'load_avg_start': list(load_start),
+                    'load_avg_end': list(load_end)},
+        'sent': sent,
+    }
+    report.update(summarize(received, window, rate, rss, rss_loaded))
+    report['node_exit_code'] = exit_code
+    report['node_tracebacks'] = stderr.count('Traceback')
+    if pub_err.strip():
+        report['publisher_stderr'] = pub_err.strip()[-2000:]
+    return report
+
+
+@dataclass
+class _Window:
+    start_ns: int
+    end_ns: int = 0
+    diag_start: dict = field(default_factory=dict)
+
+
+def summarize(received: Received, window: _Window, rate: float, rss: list,
+              rss_loaded: int) -> dict:
+    """Latency, jitter, drops and memory over the measurement window."""
+    lo, hi = window.start_ns, window.end_ns
+    chunks = [(r, s) for r, s in received.chunks if lo <= r <= hi]
+    latency = [(r - s) / 1e6 for r, s in chunks]
+    actions = sorted((s, r) for r, s, _ in received.actions if lo <= r <= hi)
+    stamps = np.array([s for s, _ in actions], dtype=np.int64)
+    recv = np.sort(np.array([r for _, r in actions], dtype=np.int64))
+    period_ms = 1e3 / rate
+    diags = [d for d in received.diagnostics if d[0] >= lo]
+    end_values = diags[-1][3] if diags else {}
+    start_drops = drops_in(window.diag_start)
+    drops = {r: n - start_drops.get(r, 0) for r, n in drops_in(end_values).items()
+             if n - start_drops.get(r, 0)}
+    rss_mb = [(round(t, 1), b / 2**20) for t, b in rss]
+    mb = np.array([m for _, m in rss_mb])
+    times = np.array([t for t, _ in rss_mb])
+    slope = float(np.polyfit(times, mb, 1)[0]) * 60 if len(mb) >= 3 else float('nan')
+    node = {k: end_values[k] for k in sorted(end_values)
+            if k.startswith(('latency.', 'rate.', 'control.'))}
+    return {
+        'counts': {'chunks': len(chunks), 'actions': len(actions),
+                   'diagnostics': len(diags)},
+        'latency_ms': {'image_to_chunk': _stats(latency)},
+        'tick': {
+            'period_ms': period_ms,
+            'jitter_from_stamps_ms': _stats(np.abs(np.diff(stamps) / 1e6 - period_ms)),
+            'jitter_from_receive_ms': _stats(np.abs(np.diff(recv) / 1e6 - period_ms)),
+            'missed_ticks': int(_missed(np.diff(stamps), period_ms)),
+            'expected_ticks': int((hi - lo) / 1e6 / period_ms),
+            'node_tick_late_p50_ms': _float(end_values.get('control.tick_late_p50_ms')),
+            'node_tick_late_p99_ms': _float(end_values.get('control.tick_late_p99_ms')),
+            'node_tick_overruns': int(_float(end_values.get('control.tick_overruns')) or 0),
+        },
+        'drops': drops,
+        'drops_total_since_start': drops_in(end_values),
+        'rss_mb': {'after_load': rss_loaded / 2**20, 'start': float(mb[0]),
+                   'end': float(mb[-1]), 'max': float(mb.max()),
+                   'growth': float(mb[-1] - mb[0]), 'slope_mb_per_min': slope,
+                   'samples': [[t, round(m, 1)] for t, m in rss_mb]},
+        'node_diagnostics': node,
+        'diagnostics_level_end': diags[-1][1] if diags else None,
+        'diagnostics_message_end': diags[-1][2] if diags else None,
+    }
+
+
+def _missed(periods_ns: np.ndarray, period_ms: float) -> int:
+    """Ticks missing between consecutive actions (gaps of ~k periods count k - 1)."""
+    k = np.rint(periods_ns / 1e6 / period_ms)
+    return int(np.sum(np.clip(k - 1, 0, None)))
+
+
+def _stats(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return {'n': 0, 'p50': None, 'p99': None, 'max': None}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {'n': int(values.size), 'p50': float(p50), 'p99': float(p99),
+            'max': float(values.max())}
+
+
+def _float(text) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _last_json(text: str) -> dict:
+    for line in reversed((text or '').strip().splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    return {}
+
+
+def _checkpoint_cameras(model: str | Path) -> int:
+    from vit_perception.config import load_json
+
+    return len(load_json(Path(model) / 'config.json').get('cameras') or ['camera'])
+
+
+def format_report(report: dict) -> str:
+    def ms(stats: dict) -> str:
+        if not stats or stats.get('n', 0) == 0:
+            return 'n/a'
+        return (f"p50 {stats['p50']:.2f} / p99 {stats['p99']:.2f} / max {stats['max']:.2f} ms "
+                f"(n={stats['n']})")
+
+    tick, rss, m = report['tick'], report['rss_mb'], report['machine']
+    drops = ', '.join(f'{k} {v}' for k, v in sorted(report['drops'].items())) or 'none'
+    target = tick['jitter_from_stamps_ms']
+    met = target['n'] and target['p99'] <= JITTER_TARGET_MS
+    lines = [
+        f"bench --{report['mode']}: {report['model']}, {report['cameras']} x {report['image']} "
+        f"at {report['camera_rate_hz']:g} Hz + pose at {report['pose_rate_hz']:g} Hz, control "
+        f"{report['control_rate_hz']:g} Hz, device {report['device']} / {report['dtype']}, "
+        f"{report['duration_s']:g} s after {report['warmup_s']:g} s warm-up",
+        f"machine: {m['cpus']} CPUs, load average {m['load_avg_start'][0]:.2f} -> "
+        f"{m['load_avg_end'][0]:.2f} (shared)",
+        f"sent: {report['sent'].get('images', '?')} images, {report['sent'].get('poses', '?')} "
+        f"poses; received in the window: {report['counts']['chunks']} chunks, "
+        f"{report['counts']['actions']} actions",
+        f"image-in -> chunk-out latency: {ms(report['latency_ms']['image_to_chunk'])}",
+        f"tick period jitter, header stamps: {ms(tick['jitter_from_stamps_ms'])} "
+        f"[target p99 <= {JITTER_TARGET_MS:g} ms: {'met' if met else 'MISSED'}]",
+        f"tick period jitter, receive times: {ms(tick['jitter_from_receive_ms'])}",
+        f"ticks: {tick['missed_ticks']} missed of {tick['expected_ticks']}; node timer lateness "
+        f"p50 {tick['node_tick_late_p50_ms']} / p99 {tick['node_tick_late_p99_ms']} ms, "
+        f"{tick['node_tick_overruns']} overruns",
+        f'drops in the window: {drops}',
+        f"node RSS: {rss['start']:.1f} -> {rss['end']:.1f} MB (growth {rss['growth']:+.1f} MB, "
+        f"max {rss['max']:.1f}, slope {rss['slope_mb_per_min']:+.2f} MB/min; "
+        f"{rss['after_load']:.1f} MB after load)",
+        f"node exit code {report['node_exit_code']}, tracebacks {report['node_tracebacks']}",
+    ]
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    if len(sys.argv) > 1 and sys.argv[1] == 'publish':
+        sys.exit(publish_main(sys.argv[2:]))
+    sys.exit('usage: python -m vit_perception.tools.live_bench publish ... '
+             '(internal; use vit-perception bench --live)')

@@ -1,0 +1,1 @@
+"""MuJoCo reach task: scene, scripted expert, bag recorder and the sim process on ROS topics."""
