@@ -19,6 +19,7 @@ from vit_perception.errors import ConfigError
 FUSION_MODES = ('early', 'late')
 BACKBONE_TYPES = ('vit', 'deit', 'dinov2')
 DEFAULT_ACTION_NAMES = ('dx', 'dy', 'dz', 'drx', 'dry', 'drz', 'gripper')
+ACTION_KINDS = ('delta', 'velocity')
 
 
 @dataclass
@@ -95,8 +96,13 @@ class ActionConfig:
     # Steps per chunk (H) and seconds between steps.
     horizon: int = 8
     dt: float = 0.1
+    # What dx dy dz drx dry drz mean: 'delta' = metres / radians per step of dt; 'velocity' =
+    # m/s and rad/s. Only the TwistStamped output (topics.twist) depends on it.
+    kind: str = 'delta'
 
     def __post_init__(self):
+        if self.kind not in ACTION_KINDS:
+            raise ConfigError(f'actions.kind={self.kind!r}: expected one of {ACTION_KINDS}')
         if not self.names:
             raise ConfigError('actions.names is empty: name at least one action dimension')
         if len(set(self.names)) != len(self.names):
@@ -160,6 +166,9 @@ class PolicyConfig:
     cameras: list[str] = field(default_factory=lambda: ['camera'])
     # Free-form identifier published with every embedding.
     model_id: str = 'vit_perception'
+    # The model zeroes every image before encoding: a pose-only baseline (train --ablate-images).
+    # Part of the model, so training, replay and the node all see the same (blank) input.
+    ablate_images: bool = False
 
     def __post_init__(self):
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):

@@ -64,6 +64,20 @@ def test_fp32_engine_equals_the_policy_computed_directly(mode):
     assert all(v >= 0 for v in result.timings_ms.values())
 
 
+@pytest.mark.parametrize('mode', ['early', 'late'])
+def test_compiled_engine_matches_eager(mode):
+    """torch.compile with Inductor freezing (the bench's default engine path) changes nothing."""
+    eager = Engine(make_policy(fusion__mode=mode), device='cpu', dtype='fp32', warmup_iters=0)
+    compiled = Engine(make_policy(fusion__mode=mode), device='cpu', dtype='fp32', compile=True,
+                      warmup_iters=1)
+    for seed in (1, 2):  # a second observation after the compiling warm-up
+        obs = observation([frame(seed=seed)])
+        a, b = eager.infer(obs), compiled.infer(obs)
+        np.testing.assert_allclose(b.embedding, a.embedding, atol=1e-4)
+        np.testing.assert_allclose(b.chunk, a.chunk, atol=1e-4)
+    assert np.abs(a.chunk).max() > 1e-3  # not trivially zero
+
+
 def test_cpu_fp32_inference_is_deterministic():
     engine = Engine(make_policy(), device='cpu', dtype='fp32', warmup_iters=0)
     obs = observation([frame()])

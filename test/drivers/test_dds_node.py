@@ -196,7 +196,8 @@ def test_node_turns_images_and_poses_into_ros_outputs(monkeypatch):
 
     for msg in out.msgs[config.topics.action]:
         action = rt.chunk_from_msg(msg)
-        assert action.chunk.shape == (1, 3) and action.dt == pytest.approx(0.02)
+        # dt = the model's step, as from the rclpy node and in replay bags
+        assert action.chunk.shape == (1, 3) and action.dt == pytest.approx(0.1)
         assert action.observation_stamp_ns in image_stamps
         assert action.stamp_ns >= action.observation_stamp_ns
         assert np.all(np.isfinite(action.chunk))

@@ -239,6 +239,11 @@ def test_fill_twist_divides_deltas_by_dt_and_zeroes_missing_dimensions():
     got = [twist.linear.x, twist.linear.y, twist.linear.z,
            twist.angular.x, twist.angular.y, twist.angular.z]
     np.testing.assert_allclose(got, [0.1, 0.0, -0.2, 0.0, 0.0, 0.5])
+    ros_node.fill_twist(msg, 1_000_000_000, 'base', np.array([0.01, -0.02, 0.05, 1.0]),
+                        indices, 0.1, kind='velocity')  # already m/s, rad/s: sent as is
+    got = [twist.linear.x, twist.linear.y, twist.linear.z,
+           twist.angular.x, twist.angular.y, twist.angular.z]
+    np.testing.assert_allclose(got, [0.01, 0.0, -0.02, 0.0, 0.0, 0.05])
 
 
 def test_fill_diagnostics_level_is_a_byte():

@@ -442,14 +442,24 @@ def jpeg_claiming(height: int, width: int) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.xfail(strict=True, reason='core/images.py decodes a small JPEG that claims a huge '
-                   'size: OpenCV fills the missing data (seconds of CPU, hundreds of MB); see '
-                   'the reliability report for the fix (pixels vs compressed-bytes bound)')
 def test_jpeg_claiming_a_huge_size_is_rejected_before_decoding():
     """A decompression bomb: ~4 KB claiming 4000 x 4000 (48 MB of pixels)."""
     from vit_perception.core.images import image_to_array
     from vit_perception.core.types import ImageFrame
     from vit_perception.errors import ImageError
 
-    with pytest.raises(ImageError):
+    with pytest.raises(ImageError, match='claims 4000x4000 pixels from only'):
         image_to_array(ImageFrame(1, 'cam_png', jpeg_claiming(4000, 4000), format='jpeg'))
+
+
+@pytest.mark.parametrize('ext', ['.png', '.jpg'])
+def test_flat_4k_frames_compress_well_and_still_decode(ext):
+    """The bomb bound leaves real frames alone: the best-compressing ones are flat."""
+    from vit_perception.core.images import image_to_array
+    from vit_perception.core.types import ImageFrame
+
+    flat = np.full((2160, 3840, 3), 128, np.uint8)
+    data = cv2.imencode(ext, flat, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+    decoded = image_to_array(ImageFrame(1, 'cam', data, format=ext[1:]))
+    assert decoded.pixels.shape == (2160, 3840, 3)
+    assert int(decoded.pixels[1000, 2000, 1]) == 128

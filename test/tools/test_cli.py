@@ -50,7 +50,8 @@ def test_backend_auto_picks_dds_without_rclpy(monkeypatch):
 
 
 def test_bench_json_reports_both_pipelines_and_the_ratio(capsys):
-    code = cli.main(['bench', '--size', 'tiny', '--iters', '2', '--warmup', '1', '--json',
+    code = cli.main(['bench', '--size', 'tiny', '--iters', '2', '--warmup', '1', '--no-compile',
+                     '--json',
                      '--image', '320x240', '--dtype', 'fp32'])
     assert code == 0
     report = json.loads(capsys.readouterr().out)

@@ -88,9 +88,7 @@ def test_dds_node_exits_0_on_signal_while_busy(sig, checkpoint, monkeypatch):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize('sig', [
     pytest.param(signal.SIGINT, id='SIGINT'),
-    pytest.param(signal.SIGTERM, id='SIGTERM', marks=pytest.mark.xfail(
-        strict=True, reason='tools/node.py installs its SIGTERM handler only after the model is '
-        'loaded: SIGTERM while loading kills the process (exit -15); see the reliability report')),
+    pytest.param(signal.SIGTERM, id='SIGTERM'),
 ])
 def test_dds_node_exits_0_on_signal_while_loading_the_model(sig, checkpoint, monkeypatch):
     domain = dt.use_loopback(monkeypatch)

@@ -237,8 +237,19 @@ def test_resume_after_ctrl_c_continues_from_the_saved_epoch_exactly(bags, config
 def test_ablated_images_train_on_zeros_and_say_so(bags, config_file, tmp_path):
     assert train_cli(bags, tmp_path / 'ablated', config_file, '--epochs', '1',
                      '--ablate-images') == 0
-    _, info = load_checkpoint(tmp_path / 'ablated')
+    policy, info = load_checkpoint(tmp_path / 'ablated')
     assert info['ablate_images'] is True
+    assert policy.config.ablate_images is True  # the model itself ignores its images
+    cams = len(policy.config.cameras)
+    size = policy.config.preprocess.output_size
+    position, quat = torch.tensor([[0.4, 0.0, 0.3]]), torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    with torch.no_grad():
+        _, dark = policy(torch.zeros(1, cams, 3, *size), position, quat)
+        _, noise = policy(torch.randn(1, cams, 3, *size), position, quat)
+        policy.config.ablate_images = False
+        _, seen = policy(torch.randn(1, cams, 3, *size), position, quat)
+    assert torch.equal(dark, noise)
+    assert not torch.equal(dark, seen)
 
 
 def one_line_error(capsys, argv):

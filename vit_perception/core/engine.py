@@ -73,6 +73,13 @@ class Engine:
         self._encode_images = self.policy.encode_images
         self._fuse = self.policy.fuse
         if compile:
+            # Inductor freezing: weights become constants, folded and prepacked for oneDNN (bf16
+            # ViT-S on CPU: ~25 % faster than compiling without it). Sound for an inference
+            # process: the engine never trains or swaps weights. A process-wide Inductor setting
+            # (torch.compile's `options` does not reach it), read when the warm-up compiles.
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
             self._encode_early = torch.compile(self._encode_early, dynamic=False)
             self._encode_images = torch.compile(self._encode_images, dynamic=False)
             self._fuse = torch.compile(self._fuse, dynamic=False)

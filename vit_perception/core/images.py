@@ -21,6 +21,11 @@ from vit_perception.errors import ImageError
 # pixel memory is allocated. 16384 covers every camera sensor in use.
 MAX_SIDE = 16384
 
+# Most pixels a compressed image may claim per byte of data. Real frames stay far below it (a flat
+# grey 4K frame: ~64 pixels per byte as JPEG, ~330 as PNG at level 9; deflate cannot exceed ~1032
+# bytes per byte); a header claiming more is a decompression bomb and is rejected before decoding.
+MAX_PIXELS_PER_COMPRESSED_BYTE = 1024
+
 CHANNEL_ORDERS = ('rgb', 'bgr', 'rgba', 'bgra', 'mono')
 
 # encoding -> (channels, dtype of one channel, channel order). '8UC*' follow OpenCV (BGR).
@@ -147,6 +152,11 @@ def _decode_compressed(frame: ImageFrame, buf: np.ndarray) -> DecodedImage:
                          f'complete {kind} file')
     _check_side(f'{name} ({kind})', 'height', size[0])
     _check_side(f'{name} ({kind})', 'width', size[1])
+    if size[0] * size[1] > MAX_PIXELS_PER_COMPRESSED_BYTE * buf.size:
+        raise ImageError(f'{name}: {kind} header claims {size[1]}x{size[0]} pixels from only '
+                         f'{buf.size} bytes: expected at most '
+                         f'{MAX_PIXELS_PER_COMPRESSED_BYTE} pixels per compressed byte '
+                         '(a truncated or forged file)')
     try:
         pixels = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as err:

@@ -165,7 +165,6 @@ class DdsOutputs:
         self.model_id = model_id
         self.action_names = list(action_names)
         self.dt = float(dt)
-        self.action_dt = 1.0 / config.control.control_rate_hz
         self.frame_id = config.sync.pose_frame_id
         self._clock = clock
         self._extra_values = extra_values
@@ -186,7 +185,7 @@ class DdsOutputs:
     def publish_action(self, stamp_ns: int, action: np.ndarray,
                        observation_stamp_ns: int) -> None:
         self._action.publish(ros_types.action_chunk_msg(
-            stamp_ns, self.action_names, self.action_dt, np.reshape(action, (1, -1)),
+            stamp_ns, self.action_names, self.dt, np.reshape(action, (1, -1)),
             observation_stamp_ns, self.frame_id))
 
     def publish_diagnostics(self, report) -> None:

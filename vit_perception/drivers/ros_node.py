@@ -252,11 +252,13 @@ def twist_indices(names: Sequence[str]) -> list[int | None]:
 
 
 def fill_twist(msg, stamp_ns: int, frame_id: str, action: np.ndarray,
-               indices: Sequence[int | None], dt: float):
-    """Fill a geometry_msgs/TwistStamped: velocity = per-step delta / dt."""
+               indices: Sequence[int | None], dt: float, kind: str = 'delta'):
+    """Fill a geometry_msgs/TwistStamped: per-step deltas / dt (kind 'delta') or the values
+    as they are (kind 'velocity', already m/s and rad/s)."""
     set_stamp(msg.header.stamp, stamp_ns)
     msg.header.frame_id = frame_id
-    rates = [0.0 if i is None else float(action[i]) / dt for i in indices]
+    divisor = dt if kind == 'delta' else 1.0
+    rates = [0.0 if i is None else float(action[i]) / divisor for i in indices]
     (msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z, msg.twist.angular.x,
      msg.twist.angular.y, msg.twist.angular.z) = rates
     return msg
@@ -331,6 +333,7 @@ class RosOutputs:
         self._model_id = engine.model_id
         self._names = list(engine.action_names)
         self._dt = float(engine.dt)
+        self._action_kind = engine.config.actions.kind
         pose_input, twist_topic = config.pose_input, config.topics.twist
         self._frame = (pose_input.tf_base_frame if pose_input.source == 'tf'
                        else config.sync.pose_frame_id)
@@ -360,7 +363,8 @@ class RosOutputs:
                                                action, observation_stamp_ns, self._frame))
         if self._twist is not None:
             self._twist.publish(fill_twist(self._msgs[5](), stamp_ns, self._frame, action,
-                                           self._twist_indices, self._dt))
+                                           self._twist_indices, self._dt,
+                                           self._action_kind))
 
     def publish_diagnostics(self, report) -> None:
         array_cls, status_cls, key_value = self._msgs[2:5]

@@ -75,11 +75,16 @@ class VisionPosePolicy(nn.Module):
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Late fusion: (B, N, 3, H, W) -> cacheable image tokens (B, N * T, D)."""
+        pixels = self._maybe_ablate(pixels)
         batch, cams = pixels.shape[:2]
         tokens = self.backbone.embed(pixels.flatten(0, 1))  # (B * N, T, D)
         tokens = self.backbone.encode(tokens)  # (B * N, T, D)
         tokens = tokens.unflatten(0, (batch, cams)) + self.camera_embed  # (B, N, T, D)
         return tokens.flatten(1, 2)  # (B, N * T, D)
+
+    def _maybe_ablate(self, pixels: torch.Tensor) -> torch.Tensor:
+        """All zeros when the config ablates images (a pose-only model), else `pixels`."""
+        return torch.zeros_like(pixels) if self.config.ablate_images else pixels
 
     def fuse(self, image_tokens: torch.Tensor, pose_tokens: torch.Tensor) -> torch.Tensor:
         """Late fusion: cached (B, N * T, D) image tokens + (B, K, D) pose tokens -> (B, D)."""
@@ -87,6 +92,7 @@ class VisionPosePolicy(nn.Module):
 
     def early_features(self, pixels: torch.Tensor, pose_tokens: torch.Tensor) -> torch.Tensor:
         """Early fusion: (B, N, 3, H, W), (B, K, D) -> (B, D)."""
+        pixels = self._maybe_ablate(pixels)
         batch, cams = pixels.shape[:2]
         prefix = self.backbone.num_prefix_tokens
         num_pose = pose_tokens.shape[1]

@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
     parser.add_argument('--device', default='auto')
     parser.add_argument('--dtype', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
-    parser.add_argument('--compile', action='store_true', help='torch.compile the engine')
+    parser.add_argument('--compile', action=argparse.BooleanOptionalAction, default=True,
+                        help='torch.compile the engine with Inductor freezing, its best path '
+                        '(default; --no-compile: eager, no compile time)')
     parser.add_argument('--json', action='store_true', help='print JSON only')
     live = parser.add_argument_group('live path over DDS on loopback (instead of the A/B)')
     live.add_argument('--live', action='store_true', help='image-in -> chunk-out latency and '

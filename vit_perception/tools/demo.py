@@ -218,10 +218,9 @@ def node_main(argv: list[str]) -> int:
     policy, training = load_checkpoint(config.engine.model)
     engine = Engine(policy, device=config.engine.device, dtype=config.engine.dtype,
                     compile=config.engine.compile, warmup_iters=config.engine.warmup_iters)
-    if training.get('ablate_images'):
-        engine.preprocessor = ZeroImages(engine.preprocessor)
-        print('[node] the checkpoint was trained with --ablate-images: images are zeroed',
-              file=sys.stderr, flush=True)
+    if policy.config.ablate_images:
+        print('[node] the checkpoint was trained with --ablate-images: the model zeroes every '
+              'image', file=sys.stderr, flush=True)
     timing = WallLatency()
     cores = []
 
@@ -247,16 +246,6 @@ def node_main(argv: list[str]) -> int:
         stats['dtype'] = str(engine.dtype).replace('torch.', '')
         Path(args.stats).write_text(json.dumps(stats, indent=2) + '\n')
     return 0
-
-
-class ZeroImages:
-    """Preprocessor stand-in for image-ablated checkpoints: same shape, all zeros."""
-
-    def __init__(self, preprocessor):
-        self.inner = preprocessor
-
-    def __call__(self, images):
-        return self.inner(images).zero_()
 
 
 class WallLatency:
@@ -447,7 +436,7 @@ def draw_episode(bag: Path, episode: dict, png: Path, image_size: int) -> None:
 
 
 def draw_success(episodes: list[dict], png: Path) -> None:
-    """Bar per episode: final error, coloured by success, with the success radius."""
+    """Bar per episode: final error, coloured by success."""
     import matplotlib
 
     matplotlib.use('Agg')

@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from vit_perception.core.engine import Engine
     from vit_perception.drivers.dds_node import run_dds_node
 
+    # Until the stop handlers below are in place, SIGTERM interrupts loading like Ctrl-C does
+    # (KeyboardInterrupt -> the CLI's clean exit 0) instead of killing the process.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f'vit-perception node: loading {config.engine.model or "the shipped checkpoint"} '
           f'on {config.engine.device} ...', file=sys.stderr)
     engine = Engine.from_checkpoint(config.engine.model, device=config.engine.device,

@@ -126,10 +126,10 @@ class TimedEngine:
             self.seconds['infer'] += time.perf_counter() - start
             self.calls['infer'] += 1
 
-    def refresh(self, pose, proprio=None):
+    def refresh(self, pose, proprio=None, observation_stamp_ns=None):
         start = time.perf_counter()
         try:
-            return self._engine.refresh(pose, proprio)
+            return self._engine.refresh(pose, proprio, observation_stamp_ns)
         finally:
             self.seconds['refresh'] += time.perf_counter() - start
             self.calls['refresh'] += 1

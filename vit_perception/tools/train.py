@@ -31,7 +31,7 @@ DEFAULT_POLICY = {
                  'patch_size': 8, 'image_size': 64},
     'pose': {'num_tokens': 1},
     'fusion': {'mode': 'early', 'late_heads': 4, 'late_layers': 1},
-    'actions': {'horizon': 8, 'dt': 0.1},
+    'actions': {'horizon': 8, 'dt': 0.1, 'kind': 'velocity'},  # the sim commands m/s
     'embedding': {'dim': 32},
     'preprocess': {'size': [96, 96], 'crop_size': [64, 64]},
     'cameras': ['camera'],
@@ -219,7 +219,9 @@ def train(policy, episodes, options: TrainOptions, out: Path, *, resume: dict | 
     from vit_perception.tools import dataset
 
     _deterministic()
-    data = _concat(episodes, options.ablate_images)
+    if options.ablate_images:
+        policy.config.ablate_images = True  # the model zeroes its images, here and when it runs
+    data = _concat(episodes)
     train_eps, val_eps = dataset.split_episodes(len(episodes), options.val_fraction,
                                                 options.seed)
     train_idx = _indices(data['episode'], train_eps)
@@ -393,14 +395,12 @@ def format_summary(summary: dict) -> str:
     return '\n'.join(lines)
 
 
-def _concat(episodes, ablate: bool) -> dict:
+def _concat(episodes) -> dict:
     import torch
 
     data = {key: torch.cat([getattr(e, key) for e in episodes])
             for key in ('pixels', 'position', 'quat', 'actions', 'mask')}
     data['episode'] = torch.cat([torch.full((len(e),), i) for i, e in enumerate(episodes)])
-    if ablate:
-        data['pixels'] = torch.zeros_like(data['pixels'])
     return data
 
 
