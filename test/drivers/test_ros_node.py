@@ -306,12 +306,27 @@ class Spinner:
         self.executor = MultiThreadedExecutor(num_threads=4)
         for node in nodes:
             self.executor.add_node(node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
 
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except BaseException as err:  # a callback raised: the executor stops serving
+            if not self.stopping:  # (shutdown() racing the spin loop is rclpy's business)
+                self.error = err
+                import traceback
+
+                traceback.print_exc()
+
     def stop(self):
+        self.stopping = True
         self.executor.shutdown()
         self.thread.join(timeout=10)
+        if self.error is not None:
+            raise AssertionError(f'the executor died: {self.error!r}') from self.error
 
 
 class Probe:
@@ -537,6 +552,14 @@ def test_lifecycle_node_transitions(rclpy_context, tiny_checkpoint, tmp_path):
         assert transition(Transition.TRANSITION_CONFIGURE)
         assert state() == State.PRIMARY_STATE_INACTIVE
         assert transition(Transition.TRANSITION_ACTIVATE)
+        assert probe.wait_for('embedding', 'action')
+        assert transition(Transition.TRANSITION_DEACTIVATE)
+        time.sleep(0.5)  # outputs in flight arrive
+        for name in probe.received:
+            probe.received[name].clear()
+        time.sleep(1.0)
+        assert probe.received['action'] == [] and probe.received['embedding'] == []  # paused
+        assert transition(Transition.TRANSITION_ACTIVATE)  # the same entities resume
         assert probe.wait_for('embedding', 'action')
         assert transition(Transition.TRANSITION_DEACTIVATE)
         assert transition(Transition.TRANSITION_CLEANUP)

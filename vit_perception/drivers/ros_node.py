@@ -393,10 +393,15 @@ class _Wiring:
         self.core = None
         self.outputs: RosOutputs | None = None
         self._subscriptions: list = []
-        self._timers: list = []
+        self._timers: list = []  # made on the first activation, kept (see activate)
+        self._timer_periods: tuple[float, float] | None = None
+        # Entities of earlier configurations: kept, silent, until the node is destroyed.
+        self._retired: list = []
+        self._generation = 0  # bumped by cleanup: callbacks of older subscriptions do nothing
         self._publishers: list = []  # every publisher made in configure (cleanup destroys)
         self._tf = None  # (buffer, listener) with pose_input.source tf
         self._last_tf_stamp = None
+        self._active = False  # inputs and ticks are ignored while inactive
         self._inputs = MutuallyExclusiveCallbackGroup()  # images + pose: cheap, serialized
         self._control = MutuallyExclusiveCallbackGroup()  # never waits behind an image
         self._diagnostics = MutuallyExclusiveCallbackGroup()
@@ -436,23 +441,47 @@ class _Wiring:
                     f'Hz actions, pose from {config.pose_input.source}')
 
     def activate(self) -> None:
-        """Subscriptions, TF listener, timers; start the inference worker."""
+        """Subscriptions (once per configuration), TF listener, timers; start the worker.
+
+        Timers are never cancelled or destroyed while the executor may spin: both race with a
+        MultiThreadedExecutor (rclpy raises 'timer is canceled' / InvalidHandle from spin and
+        the node stops serving; ros2/rclpy#1206). They live as long as the node and do nothing
+        while inactive; deactivation only pauses.
+        """
+        config, node = self.core.config, self.node
+        if not self._subscriptions:
+            self._subscribe(config)
+        periods = (1.0 / config.control.control_rate_hz, config.diagnostics_period)
+        if self._timer_periods != periods:  # first activation, or a reconfigured rate
+            for timer in self._timers:
+                node.destroy_timer(timer)
+            self._timers = [
+                node.create_timer(periods[0], self._on_tick, callback_group=self._control),
+                node.create_timer(periods[1], self._on_diagnostics,
+                                  callback_group=self._diagnostics)]
+            self._timer_periods = periods
+        self.core.start()
+        self._active = True
+
+    def _subscribe(self, config: NodeConfig) -> None:
         from sensor_msgs.msg import CompressedImage, Image
 
-        config, node = self.core.config, self.node
+        node = self.node
         image_qos = qos_profile(config.qos.image_reliability, config.qos.image_depth)
         for camera, (topic, transport) in enumerate(zip(config.topics.cameras,
                                                         config.topics.camera_transports)):
             msg_type, convert = ((CompressedImage, compressed_frame) if transport == 'compressed'
                                  else (Image, image_frame))
             self._subscriptions.append(node.create_subscription(
-                msg_type, topic, functools.partial(self._on_image, convert, camera), image_qos,
+                msg_type, topic,
+                functools.partial(self._on_image, self._generation, convert, camera), image_qos,
                 callback_group=self._inputs))
         if config.pose_input.source == 'topic':
             from geometry_msgs.msg import PoseStamped
 
             self._subscriptions.append(node.create_subscription(
-                PoseStamped, config.topics.pose, self._on_pose,
+                PoseStamped, config.topics.pose,
+                functools.partial(self._on_pose, self._generation),
                 qos_profile(config.qos.pose_reliability, config.qos.pose_depth),
                 callback_group=self._inputs))
         else:
@@ -462,76 +491,106 @@ class _Wiring:
             buffer = Buffer()
             self._tf = (buffer, TransformListener(buffer, node))
             self._last_tf_stamp = None
-        self.core.start()
-        self._timers = [
-            node.create_timer(1.0 / config.control.control_rate_hz, self._on_tick,
-                              callback_group=self._control),
-            node.create_timer(config.diagnostics_period, self.core.publish_diagnostics,
-                              callback_group=self._diagnostics)]
+            self._subscriptions.append(self._tf)  # marks this configuration as subscribed
 
     def deactivate(self) -> None:
-        """Timers and subscriptions gone, worker stopped; publishers stay (lifecycle)."""
-        for timer in self._timers:
-            self.node.destroy_timer(timer)
-        for subscription in self._subscriptions:
-            self.node.destroy_subscription(subscription)
-        self._timers, self._subscriptions = [], []
-        if self._tf is not None:
-            self._tf[1].unregister()
-            self._tf = None
+        """Inputs and ticks ignored, worker stopped; subscriptions and timers stay."""
+        self._active = False
         if self.core is not None:
             self.core.stop()
 
     def cleanup(self) -> None:
-        """Publishers, core and model released."""
-        destroy = (self.node.destroy_lifecycle_publisher if self.lifecycle
-                   else self.node.destroy_publisher)
-        for publisher in self._publishers:
-            destroy(publisher)
-        self._publishers = []
+        """Core and model released; subscriptions and publishers retired (silent).
+
+        Destroying subscriptions or publishers while the executor may spin races with it (their
+        QoS event handlers: rclpy raises InvalidHandle from spin and the node stops serving), so
+        they are destroyed with the node. A configure after cleanup makes new ones.
+        """
+        self._active = False
+        self._generation += 1
+        if self._tf is not None:
+            self._tf[1].unregister()
+            self._tf = None
+        self._retired += self._subscriptions + self._publishers
+        self._subscriptions, self._publishers = [], []
         self.outputs = self.core = None
 
+    def _destroy_all(self) -> None:
+        """Every entity, current and retired (the executor no longer spins this node)."""
+        destroy_publisher = (self.node.destroy_lifecycle_publisher if self.lifecycle
+                             else self.node.destroy_publisher)
+        for entity in self._retired + self._subscriptions + self._publishers + self._timers:
+            if isinstance(entity, tuple):  # a retired (buffer, listener)
+                continue
+            kind = type(entity).__name__
+            if 'Timer' in kind:
+                self.node.destroy_timer(entity)
+            elif 'Subscription' in kind:
+                self.node.destroy_subscription(entity)
+            else:
+                destroy_publisher(entity)
+        self._retired, self._subscriptions, self._publishers, self._timers = [], [], [], []
+        self._timer_periods = None
+
     def shutdown(self) -> None:
+        """Everything released: the node is being destroyed (its executor has stopped)."""
         self.deactivate()
         self.cleanup()
+        self._destroy_all()
 
     # -- callbacks -------------------------------------------------------------------------
 
-    def _on_image(self, convert: Callable, camera: int, msg) -> None:
+    # Each callback reads self.core once: cleanup may clear it from another thread.
+
+    def _on_image(self, generation: int, convert: Callable, camera: int, msg) -> None:
+        core = self.core
+        if not self._active or core is None or generation != self._generation:
+            return
         try:
             frame = convert(msg, camera)
         except (VitPerceptionError, ValueError, TypeError) as err:
-            self.core.on_bad_message(f'camera {camera}', 'bad_image', str(err))
+            core.on_bad_message(f'camera {camera}', 'bad_image', str(err))
             return
-        self.core.on_image(frame)
+        core.on_image(frame)
 
-    def _on_pose(self, msg) -> None:
+    def _on_pose(self, generation: int, msg) -> None:
+        core = self.core
+        if not self._active or core is None or generation != self._generation:
+            return
         try:
             pose = pose_sample(msg)
         except (ValueError, TypeError) as err:
-            self.core.on_bad_message('pose', 'bad_pose', str(err))
+            core.on_bad_message('pose', 'bad_pose', str(err))
             return
-        self.core.on_pose(pose)
+        core.on_pose(pose)
 
     def _on_tick(self) -> None:
-        if self._tf is not None:
-            self._poll_tf()
-        self.core.tick()
+        core, tf = self.core, self._tf
+        if not self._active or core is None:
+            return
+        if tf is not None:
+            self._poll_tf(core, tf[0])
+        core.tick()
 
-    def _poll_tf(self) -> None:
+    def _on_diagnostics(self) -> None:
+        core = self.core
+        if self._active and core is not None:
+            core.publish_diagnostics()
+
+    def _poll_tf(self, core, buffer) -> None:
         """pose_input.source tf: feed the newest base -> ee transform (once per stamp)."""
         from tf2_ros import TransformException
 
-        pose_input = self.core.config.pose_input
+        pose_input = core.config.pose_input
         try:
-            transform = self._tf[0].lookup_transform(pose_input.tf_base_frame,
-                                                     pose_input.tf_ee_frame, Time())
+            transform = buffer.lookup_transform(pose_input.tf_base_frame,
+                                                pose_input.tf_ee_frame, Time())
         except TransformException:  # not available yet: diagnostics report 'no pose'
             return
         stamp = stamp_to_ns(transform.header.stamp)
         if stamp != self._last_tf_stamp:
             self._last_tf_stamp = stamp
-            self.core.on_pose(transform_sample(transform))
+            core.on_pose(transform_sample(transform))
 
 
 class PerceptionNode(Node):
@@ -583,11 +642,13 @@ class PerceptionLifecycleNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
-        self.wiring.shutdown()
+        self.wiring.deactivate()  # entities are destroyed with the node (see cleanup)
+        self.wiring.cleanup()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state) -> TransitionCallbackReturn:
-        self.wiring.shutdown()
+        self.wiring.deactivate()  # entities are destroyed with the node (see cleanup)
+        self.wiring.cleanup()
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self):
@@ -625,8 +686,11 @@ def main(args: list[str] | None = None, *, config: NodeConfig | None = None) -> 
         pass
     except (VitPerceptionError, NameValidationException, OSError, RuntimeError,
             ImportError) as err:
-        print(f'perception_node: {" ".join(str(err).split())}', file=sys.stderr)
-        code = 1
+        if node is not None and isinstance(err, RuntimeError) and not rclpy.ok():
+            pass  # Ctrl-C shut the context down while the executor was building its wait set
+        else:
+            print(f'perception_node: {" ".join(str(err).split())}', file=sys.stderr)
+            code = 1
     finally:
         if node is not None:
             node.destroy_node()
