@@ -396,7 +396,8 @@ class _Wiring:
         self._timers: list = []  # made on the first activation, kept (see activate)
         self._timer_periods: tuple[float, float] | None = None
         # Entities of earlier configurations: kept, silent, until the node is destroyed.
-        self._retired: list = []
+        self._retired_subscriptions: list = []
+        self._retired_publishers: list = []
         self._generation = 0  # bumped by cleanup: callbacks of older subscriptions do nothing
         self._publishers: list = []  # every publisher made in configure (cleanup destroys)
         self._tf = None  # (buffer, listener) with pose_input.source tf
@@ -449,7 +450,7 @@ class _Wiring:
         while inactive; deactivation only pauses.
         """
         config, node = self.core.config, self.node
-        if not self._subscriptions:
+        if not self._subscriptions:  # every configuration has at least one camera topic
             self._subscribe(config)
         periods = (1.0 / config.control.control_rate_hz, config.diagnostics_period)
         if self._timer_periods != periods:  # first activation, or a reconfigured rate
@@ -491,7 +492,6 @@ class _Wiring:
             buffer = Buffer()
             self._tf = (buffer, TransformListener(buffer, node))
             self._last_tf_stamp = None
-            self._subscriptions.append(self._tf)  # marks this configuration as subscribed
 
     def deactivate(self) -> None:
         """Inputs and ticks ignored, worker stopped; subscriptions and timers stay."""
@@ -511,7 +511,8 @@ class _Wiring:
         if self._tf is not None:
             self._tf[1].unregister()
             self._tf = None
-        self._retired += self._subscriptions + self._publishers
+        self._retired_subscriptions += self._subscriptions
+        self._retired_publishers += self._publishers
         self._subscriptions, self._publishers = [], []
         self.outputs = self.core = None
 
@@ -519,17 +520,14 @@ class _Wiring:
         """Every entity, current and retired (the executor no longer spins this node)."""
         destroy_publisher = (self.node.destroy_lifecycle_publisher if self.lifecycle
                              else self.node.destroy_publisher)
-        for entity in self._retired + self._subscriptions + self._publishers + self._timers:
-            if isinstance(entity, tuple):  # a retired (buffer, listener)
-                continue
-            kind = type(entity).__name__
-            if 'Timer' in kind:
-                self.node.destroy_timer(entity)
-            elif 'Subscription' in kind:
-                self.node.destroy_subscription(entity)
-            else:
-                destroy_publisher(entity)
-        self._retired, self._subscriptions, self._publishers, self._timers = [], [], [], []
+        for subscription in self._retired_subscriptions + self._subscriptions:
+            self.node.destroy_subscription(subscription)
+        for publisher in self._retired_publishers + self._publishers:
+            destroy_publisher(publisher)
+        for timer in self._timers:
+            self.node.destroy_timer(timer)
+        self._retired_subscriptions, self._retired_publishers = [], []
+        self._subscriptions, self._publishers, self._timers = [], [], []
         self._timer_periods = None
 
     def shutdown(self) -> None:

@@ -210,15 +210,14 @@ def node_main(argv: list[str]) -> int:
     from vit_perception.core.engine import Engine
     from vit_perception.core.node import PerceptionCore
     from vit_perception.drivers.dds_node import run_dds_node
-    from vit_perception.model.checkpoint import load_checkpoint
 
     logging.basicConfig(level=logging.INFO, format='[node] %(levelname)s %(message)s')
     config = load_node_config(None, [f'domain_id={args.domain_id}',
                                      f'engine.model={args.model}', *args.overrides])
-    policy, training = load_checkpoint(config.engine.model)
-    engine = Engine(policy, device=config.engine.device, dtype=config.engine.dtype,
-                    compile=config.engine.compile, warmup_iters=config.engine.warmup_iters)
-    if policy.config.ablate_images:
+    engine = Engine.from_checkpoint(config.engine.model, device=config.engine.device,
+                                    dtype=config.engine.dtype, compile=config.engine.compile,
+                                    warmup_iters=config.engine.warmup_iters)
+    if engine.config.ablate_images:
         print('[node] the checkpoint was trained with --ablate-images: the model zeroes every '
               'image', file=sys.stderr, flush=True)
     timing = WallLatency()
