@@ -27,3 +27,7 @@ class SimError(VitPerceptionError):
 
 class BagError(VitPerceptionError):
     """A ROS 2 bag cannot be read or written (missing, corrupt, missing topics, wrong types)."""
+
+
+class DatasetError(VitPerceptionError):
+    """A LeRobot dataset cannot be read or written (version, missing features, lengths, video)."""

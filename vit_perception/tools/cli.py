@@ -22,10 +22,11 @@ COMMANDS = {
     'train': ('vit_perception.tools.train', 'behavior cloning from recorded bags'),
     'demo': ('vit_perception.tools.demo', 'closed-loop sim + node with the shipped checkpoint'),
     'bench': ('vit_perception.tools.bench', 'naive HF pipeline vs engine, same run'),
+    'export': ('vit_perception.tools.export', 'write recorded bags as a LeRobot dataset'),
 }
 
 EXTRAS = {'cyclonedds': 'dds', 'rosbags': 'eval', 'mujoco': 'sim', 'matplotlib': 'eval',
-          'tqdm': 'eval'}
+          'tqdm': 'eval', 'pyarrow': 'lerobot', 'av': 'lerobot'}
 
 
 def build_parser() -> argparse.ArgumentParser:

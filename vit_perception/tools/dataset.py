@@ -137,6 +137,41 @@ def load_episode(path: str | Path, policy_config: PolicyConfig, node_config: Nod
     import torch
 
     from vit_perception.core.images import image_to_array
+
+    samples = bag_samples(path, policy_config, node_config, action_topic)
+    observations = samples.observations
+    num_cameras = len(policy_config.cameras)
+    pixels = torch.stack([preprocessor([image_to_array(f) for f in o.frames])
+                          for o in observations]) if observations else torch.zeros(
+        (0, num_cameras, 3, *policy_config.preprocess.output_size))  # (N, C, 3, H, W)
+    return Episode(
+        name=str(path), pixels=pixels.float(),
+        position=torch.tensor(np.array([o.pose.position for o in observations]).reshape(-1, 3),
+                              dtype=torch.float32),
+        quat=torch.tensor(np.array([o.pose.orientation for o in observations]).reshape(-1, 4),
+                          dtype=torch.float32),
+        actions=torch.from_numpy(samples.targets), mask=torch.from_numpy(samples.mask),
+        stamps=samples.stamps, action_names=samples.action_names, dropped=samples.dropped)
+
+
+@dataclass
+class BagSamples:
+    """The training samples of one bag before preprocessing (N observations kept)."""
+
+    observations: list  # core Observation: raw frames + the pose at the image stamp
+    targets: np.ndarray  # (N, H, A) float32
+    mask: np.ndarray  # (N, H) bool
+    stamps: np.ndarray  # (N,) int64
+    action_names: list[str]
+    dropped: dict[str, int]
+
+
+def bag_samples(path: str | Path, policy_config: PolicyConfig, node_config: NodeConfig,
+                action_topic: str = DEFAULT_ACTION_TOPIC) -> BagSamples:
+    """One bag -> its samples: observations as the node builds them, paired with chunk targets.
+
+    Observations with no action recorded at or before them are skipped.
+    """
     from vit_perception.core.observation import ObservationBuilder
     from vit_perception.drivers.bag import BagInput
 
@@ -189,17 +224,7 @@ def load_episode(path: str | Path, policy_config: PolicyConfig, node_config: Nod
         mask = np.zeros((0, horizon), bool)
         keep = np.zeros(0, bool)
     observations = [o for o, k in zip(observations, keep) if k]
-    pixels = torch.stack([preprocessor([image_to_array(f) for f in o.frames])
-                          for o in observations]) if observations else torch.zeros(
-        (0, num_cameras, 3, *policy_config.preprocess.output_size))  # (N, C, 3, H, W)
-    return Episode(
-        name=str(path), pixels=pixels.float(),
-        position=torch.tensor(np.array([o.pose.position for o in observations]).reshape(-1, 3),
-                              dtype=torch.float32),
-        quat=torch.tensor(np.array([o.pose.orientation for o in observations]).reshape(-1, 4),
-                          dtype=torch.float32),
-        actions=torch.from_numpy(targets[keep]), mask=torch.from_numpy(mask[keep]),
-        stamps=stamps[keep], action_names=list(names), dropped=dropped)
+    return BagSamples(observations, targets[keep], mask[keep], stamps[keep], list(names), dropped)
 
 
 def load_episodes(bags: Sequence[Path], policy_config: PolicyConfig, node_config: NodeConfig,

@@ -73,7 +73,12 @@ class TrainOptions:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('bags', nargs='*', metavar='BAG',
-                        help='bags (rosbag2 directories, .mcap, .db3) or directories of bags')
+                        help='bags (rosbag2 directories, .mcap, .db3), directories of bags, or '
+                        'LeRobotDataset v3.0 directories')
+    parser.add_argument('--lerobot-map', default=None, metavar='FILE',
+                        help='LeRobot datasets: YAML naming the camera, pose and action '
+                        'features (default: observation.images.<camera>, observation.state '
+                        'x y z qx qy qz qw, action)')
     parser.add_argument('--out', default=None, help='output checkpoint directory')
     parser.add_argument('--config', default=None,
                         help='policy config JSON (PolicyConfig layout; default: the shipped '
@@ -139,9 +144,9 @@ def train_from_args(args: argparse.Namespace) -> dict:
     from vit_perception.errors import ConfigError
     from vit_perception.model.checkpoint import load_checkpoint
     from vit_perception.model.policy import build_policy
-    from vit_perception.tools import dataset
+    from vit_perception.tools import lerobot
 
-    bags = dataset.find_bags(args.bags)
+    bags = lerobot.find_inputs(args.bags)  # bags and LeRobot dataset directories
     explicit = {f.name: getattr(args, f.name, None) for f in fields(TrainOptions)}
     explicit['ablate_images'] = args.ablate_images or None
     explicit = {k: v for k, v in explicit.items() if v is not None}
@@ -161,7 +166,8 @@ def train_from_args(args: argparse.Namespace) -> dict:
         torch.manual_seed(options.seed)
         policy = build_policy(config)  # fills preprocess from a pretrained processor
     node_config = load_node_config(args.node_config)
-    episodes = dataset.load_episodes(bags, config, node_config, args.action_topic)
+    episodes = lerobot.load_inputs(bags, config, node_config, args.action_topic,
+                                   lerobot.load_mapping(args.lerobot_map))
     names = episodes[0].action_names
     if list(config.actions.names) != names:
         if resume is not None:
