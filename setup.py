@@ -13,6 +13,7 @@ TRANSFORMERS = 'transformers>=5.0,<6'  # tested: 5.23 (5.x moved ViTModel.encode
 DDS = ['cyclonedds==11.0.1', 'rosbags>=0.10,<0.12']
 EVAL = ['rosbags>=0.10,<0.12', 'matplotlib>=3.7', 'tqdm>=4.60']
 SIM = ['mujoco>=3.1,<5']
+LEROBOT = ['pyarrow>=21,<27', 'av>=14,<19']  # tested: pyarrow 26.0.1, av 18.1.0 (LeRobot v3.0 I/O)
 TEST = ['pytest>=8', 'pytest-timeout>=2.2', 'hypothesis>=6.100', 'ruff>=0.5', 'pillow>=10',
         'psutil>=5.9']
 
@@ -34,7 +35,8 @@ setup(
         'dds': DDS,
         'eval': EVAL,
         'sim': SIM,
-        'test': sorted(set(DDS + EVAL + SIM + TEST)),
+        'lerobot': LEROBOT,
+        'test': sorted(set(DDS + EVAL + SIM + LEROBOT + TEST)),
     },
     entry_points={'console_scripts': ['vit-perception=vit_perception.tools.cli:main']},
 )

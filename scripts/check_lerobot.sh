@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Check our LeRobot export against LeRobot itself, in its own Python 3.12 venv.
 #
-#   bash scripts/check_lerobot.sh DATASET_DIR     # a dataset written by `export --to-lerobot`
+#   bash scripts/check_lerobot.sh DATASET_DIR [--dump FRAMES.npz]   # an `export --to-lerobot`
 #   bash scripts/check_lerobot.sh --build-only    # only build (or reuse) the venv
 #
 # lerobot needs Python >= 3.12 and torch < 2.12, so it cannot share the project's 3.11 env.
@@ -81,4 +81,8 @@ case "${1:-}" in
   -h|--help|'') sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//' | head -n -1; exit 0 ;;
 esac
 build_venv
-exec "$VENV/bin/python" "$ROOT/scripts/check_lerobot.py" "$@"
+# Offline and isolated: no hub access, no project PYTHONPATH, datasets' cache in a temp folder.
+CACHE="$(mktemp -d)"
+trap 'rm -rf "$CACHE"' EXIT
+env -u PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_CACHE="$CACHE" HF_LEROBOT_HOME="$CACHE/lerobot" \
+  PYTHONNOUSERSITE=1 "$VENV/bin/python" "$ROOT/scripts/check_lerobot.py" "$@"

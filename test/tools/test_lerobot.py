@@ -93,6 +93,9 @@ def test_round_trip_gives_the_bags_training_samples(bags, exported, config):
         assert torch.equal(episode.mask, bag.mask)
         assert episode.pixels.shape == bag.pixels.shape == (8, 1, 3, 32, 32)
         error = (episode.pixels - bag.pixels).abs()
+        print(f'{episode.name}: |pixel error| mean {float(error.mean()):.4f} p90 '
+              f'{float(error.flatten().quantile(0.9)):.4f} max {float(error.max()):.4f} '
+              '(normalized units; 1.0 = 127.5 levels)')
         assert float(error.mean()) < PIXEL_MEAN_TOLERANCE
         assert float(error.flatten().quantile(0.9)) < PIXEL_P90_TOLERANCE
         assert float(error.mean()) > 0  # lossy video: the comparison is not vacuous
