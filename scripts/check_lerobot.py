@@ -4,6 +4,7 @@ Runs inside the Python 3.12 venv that scripts/check_lerobot.sh builds (lerobot 0
 the project's env:
 
     python check_lerobot.py DATASET_DIR [--dump FRAMES.npz]
+    python check_lerobot.py DIR --write-reference     # a dataset written by LeRobot's writer
 
 1. `LeRobotDataset(root=DATASET_DIR, video_backend='pyav')` loads it (metadata, parquet, video);
    its totals must equal info.json's, and every frame's item must carry the camera images
@@ -13,6 +14,10 @@ the project's env:
 3. One optimizer step of a tiny ACT policy (random-init ResNet-18, no downloads) on a batch
    from a DataLoader with ACT's action-chunk delta_timestamps; the loss must be finite.
 Prints one JSON line; exit code 0 only when every check passed.
+
+DIR --write-reference records a small dataset with LeRobot's own writer (LeRobotDataset.create,
+add_frame, save_episode, finalize) from the values `reference_frame` defines (--dump saves
+them), so the project's test reads it with its own reader and compares (the other direction).
 """
 
 import argparse
@@ -87,11 +92,58 @@ def train_one_step(root: str, ds: LeRobotDataset) -> float:
     return float(loss.item())
 
 
+REFERENCE_EPISODES = (5, 7)  # frames per episode
+REFERENCE_FPS = 15
+
+
+def reference_frame(episode: int, i: int) -> dict:
+    """Frame i of reference episode `episode`; the project's test rebuilds the same values."""
+    y, x = np.mgrid[0:32, 0:48]
+    image = np.stack([5 * x, 7 * y, np.full_like(x, 20 * i + 60 * episode)], axis=2)
+    angle = 0.1 * i
+    state = [0.3 + 0.01 * i, -0.1 * episode, 0.2, 0.0, 0.0, np.sin(angle / 2), np.cos(angle / 2),
+             0.5]
+    return {'observation.images.top': image.astype(np.uint8),
+            'observation.state': np.array(state, dtype=np.float32),
+            'action': np.array([i, -i, episode], dtype=np.float32)}
+
+
+def write_reference(root: str) -> dict[str, np.ndarray]:
+    features = {
+        'observation.images.top': {'dtype': 'video', 'shape': (32, 48, 3),
+                                   'names': ['height', 'width', 'channels']},
+        'observation.state': {'dtype': 'float32', 'shape': (8,),
+                              'names': ['x', 'y', 'z', 'qx', 'qy', 'qz', 'qw', 'gripper']},
+        'action': {'dtype': 'float32', 'shape': (3,), 'names': ['vx', 'vy', 'grip']},
+    }
+    ds = LeRobotDataset.create(REPO_ID, fps=REFERENCE_FPS, features=features, root=root,
+                               robot_type='reference', use_videos=True)
+    written = {key: [] for key in features}
+    for episode, length in enumerate(REFERENCE_EPISODES):
+        for i in range(length):
+            frame = reference_frame(episode, i)
+            for key, value in frame.items():
+                written[key].append(value)
+            ds.add_frame(frame | {'task': 'reach the puck'})
+        ds.save_episode()
+    ds.finalize()
+    return {key: np.stack(values) for key, values in written.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('root')
     parser.add_argument('--dump', default=None)
+    parser.add_argument('--write-reference', action='store_true',
+                        help='write a LeRobot-made dataset into ROOT instead of checking one')
     args = parser.parse_args()
+    if args.write_reference:
+        written = write_reference(args.root)
+        if args.dump:
+            np.savez(args.dump, **written)
+        print(json.dumps({'ok': True, 'written': args.root, 'fps': REFERENCE_FPS,
+                          'frames': len(written['action'])}))
+        return 0
     started = time.perf_counter()
     ds, frames = load_and_check(args.root)
     if args.dump:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 from pathlib import Path
 
@@ -329,6 +328,19 @@ def test_dataset_errors_name_the_file():
 
 # --------------------------------------------------------------------- LeRobot itself (slow) ---
 
+def check_lerobot(*args) -> dict:
+    """Run scripts/check_lerobot.sh; its JSON summary. Skips only on exit code 3 (the venv
+    cannot be built here); any other failure fails the test."""
+    result = subprocess.run(['bash', str(ROOT / 'scripts/check_lerobot.sh'),
+                             *[str(a) for a in args]], capture_output=True, text=True)
+    if result.returncode == 3:
+        pytest.skip(result.stderr.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary['ok'], summary
+    return summary
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_lerobot_loads_the_export_and_trains_act_on_it(bags, exported, config, tmp_path):
@@ -336,13 +348,7 @@ def test_lerobot_loads_the_export_and_trains_act_on_it(bags, exported, config, t
     folder) loads the export and trains one ACT step. Skips only where that venv cannot be
     built (exit code 3: no python3.12 or no PyPI)."""
     dump = tmp_path / 'frames.npz'
-    result = subprocess.run(['bash', str(ROOT / 'scripts/check_lerobot.sh'), str(exported),
-                             '--dump', str(dump)], capture_output=True, text=True,
-                            env=os.environ | {'PYTHONNOUSERSITE': '1'})
-    if result.returncode == 3:
-        pytest.skip(result.stderr.strip().splitlines()[-1])
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = check_lerobot(exported, '--dump', dump)
     assert summary['ok'] and summary['frames'] == 24 and summary['episodes'] == 3
     assert math.isfinite(summary['act_loss'])
 
@@ -360,3 +366,31 @@ def test_lerobot_loads_the_export_and_trains_act_on_it(bags, exported, config, t
                           for f in frames['observation.images.camera']])
     ours = torch.cat([e.pixels for e in read_dataset(exported, config)])
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_our_reader_reads_a_dataset_lerobot_wrote(tmp_path):
+    """The other direction: LeRobot's own writer records a 2-episode dataset (15 fps, an
+    8-dim state with a gripper, one camera); our reader returns its values."""
+    root, written = tmp_path / 'reference', tmp_path / 'written.npz'
+    check_lerobot(root, '--write-reference', '--dump', written)
+    reference = np.load(written)
+    config = PolicyConfig.from_dict({**TINY, 'cameras': ['top'], 'actions': {
+        'horizon': 3, 'dt': 1 / 15}, 'preprocess': {'size': [32, 48]}})
+    pre = Preprocessor(config.preprocess, 'cpu', torch.float32)
+    episodes = lerobot.load_episodes(root, config, lerobot.LeRobotMapping(), pre, progress=False)
+    assert [len(e) for e in episodes] == [5, 7]
+    assert episodes[1].stamps.tolist() == [round(i * 1e9 / 15) for i in range(7)]
+    assert episodes[0].action_names == ['vx', 'vy', 'grip']
+    state = reference['observation.state']
+    np.testing.assert_array_equal(torch.cat([e.position for e in episodes]), state[:, :3])
+    np.testing.assert_array_equal(torch.cat([e.quat for e in episodes]), state[:, 3:7])
+    actions = reference['action'][5:]  # episode 1: [i, -i, 1]
+    np.testing.assert_array_equal(episodes[1].actions[0], actions[:3])
+    np.testing.assert_array_equal(episodes[1].actions[5, :2], actions[5:7])
+    assert episodes[1].mask[5].tolist() == [True, True, False]  # past the episode's end
+    expected = torch.stack([pre([DecodedImage(image, 'rgb')])
+                            for image in reference['observation.images.top']])
+    error = (torch.cat([e.pixels for e in episodes]) - expected).abs()
+    assert float(error.mean()) < PIXEL_MEAN_TOLERANCE  # measured 0.017 (AV1 crf 30)

@@ -636,14 +636,15 @@ def _sample_frames(frames: np.ndarray, limit: int = 100) -> np.ndarray:
 
 
 def _hf_features(features: dict) -> dict:
-    """The Hugging Face `datasets` feature spec of the parquet columns (schema metadata)."""
+    """The Hugging Face `datasets` (>= 4) feature spec of the parquet columns (schema
+    metadata)."""
     spec = {}
     for key, feature in features.items():
         if feature['dtype'] == 'video':
             continue
         value = {'dtype': feature['dtype'], '_type': 'Value'}
         spec[key] = value if feature['shape'] == [1] else {
-            'feature': value, 'length': feature['shape'][0], '_type': 'Sequence'}
+            'feature': value, 'length': feature['shape'][0], '_type': 'List'}
     return spec
 
 
