@@ -299,6 +299,15 @@ def test_bad_datasets_are_one_line_errors(exported, tmp_path, capsys):
     pq.write_table(table, path)
     assert 'episode_0: 8 frames in data/, the episode table says length 9' in train(short)
 
+    nan = copy_dataset(exported, tmp_path / 'nan')
+    path = nan / 'data/chunk-000/file-000.parquet'
+    table = pq.read_table(path)
+    actions = np.array(table.column('action').to_pylist(), dtype=np.float32)
+    actions[9, 2] = np.nan  # episode 1, frame 1
+    column = pa.FixedSizeListArray.from_arrays(pa.array(actions.reshape(-1)), actions.shape[1])
+    pq.write_table(table.set_column(table.column_names.index('action'), 'action', column), path)
+    assert 'episode_1: action is NaN/inf at frames [1]' in train(nan)
+
     unnamed = tmp_path / 'map.yaml'
     unnamed.write_text('position: [px, py, pz]\n')
     assert "has no dimensions named ['px', 'py', 'pz']" in train(exported, '--lerobot-map',

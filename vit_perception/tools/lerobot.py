@@ -310,6 +310,10 @@ def load_episodes(root: str | Path, policy_config: PolicyConfig, mapping: LeRobo
                              f'{name}: {mapping.state}')
             actions = _vectors([frames[mapping.action][r] for r in rows], len(action_names),
                                f'{name}: {mapping.action}')
+            bad = np.flatnonzero(~np.isfinite(actions).all(1))
+            if len(bad):
+                raise DatasetError(f'{name}: {mapping.action} is NaN/inf at frames '
+                                   f'{bad[:5].tolist()}; expected finite demonstrations')
             position = state[:, pose_index[:3]]
             quat, ok, dropped = _orientation(state[:, pose_index[3:]], position,
                                              node_config.sync.quaternion_tolerance)
