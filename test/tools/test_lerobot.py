@@ -403,3 +403,14 @@ def test_our_reader_reads_a_dataset_lerobot_wrote(tmp_path):
                             for image in reference['observation.images.top']])
     error = (torch.cat([e.pixels for e in episodes]) - expected).abs()
     assert float(error.mean()) < PIXEL_MEAN_TOLERANCE  # measured 0.017 (AV1 crf 30)
+
+
+def test_aggregated_image_stats_equal_stats_over_all_frames():
+    rng = np.random.default_rng(0)
+    first, second = (rng.integers(0, 256, (n, 4, 6, 3), dtype=np.uint8) for n in (5, 9))
+    aggregated = lerobot.aggregate_stats([lerobot.image_stats(first),
+                                          lerobot.image_stats(second)])
+    full = lerobot.image_stats(np.concatenate([first, second]))
+    for key in ('min', 'max', 'mean', 'std', 'count'):
+        np.testing.assert_allclose(aggregated[key], full[key], rtol=1e-12, atol=1e-12)
+    assert aggregated['mean'].shape == (3, 1, 1) and aggregated['count'].tolist() == [14]

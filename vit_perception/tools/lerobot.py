@@ -481,7 +481,7 @@ class DatasetWriter:
         self._tasks: dict[str, int] = {}
         self._frames = 0
         self._camera_shapes: dict[str, tuple[int, int, int]] = {}
-        self._stats: dict[str, list[np.ndarray]] = {}
+        self._image_stats: dict[str, list[dict]] = {}  # per camera: each episode's stats
 
     def add(self, episode: ExportedEpisode) -> None:
         """Append one episode (frames, video frames, its row of the episode table)."""
@@ -508,15 +508,14 @@ class DatasetWriter:
                         f'videos/{key}/from_timestamp': start / self.fps,
                         f'videos/{key}/to_timestamp': (start + count) / self.fps})
         stats = {key: feature_stats(values) for key, values in columns.items()}
-        stats.update({key: image_stats(frames)
-                      for key, frames in zip(self.camera_keys, episode.images)})
+        for key, frames in zip(self.camera_keys, episode.images):
+            stats[key] = image_stats(frames)
+            self._image_stats.setdefault(key, []).append(stats[key])
         for key, values in stats.items():
             for stat, value in values.items():
                 row[f'stats/{key}/{stat}'] = value.tolist()
         row.update({'meta/episodes/chunk_index': 0, 'meta/episodes/file_index': 0})
         self._episodes.append(row)
-        for key, frames in zip(self.camera_keys, episode.images):
-            self._stats.setdefault(key, []).append(_sample_frames(frames))
         self._frames += count
 
     def _encode(self, key: str, frames: np.ndarray, start: int) -> int:
@@ -576,8 +575,7 @@ class DatasetWriter:
                        self.root / EPISODES_PATH.format(chunk_index=0, file_index=0))
         _write_parquet(_tasks_table(self._tasks), self.root / TASKS_PATH)
         stats = {key: feature_stats(values) for key, values in columns.items()}
-        stats.update({key: image_stats(np.concatenate(self._stats[key]))
-                      for key in self.camera_keys})
+        stats.update({key: aggregate_stats(self._image_stats[key]) for key in self.camera_keys})
         _write_json(self.root / STATS_PATH, {key: {stat: value.tolist() for stat, value in
                                                    values.items()}
                                              for key, values in stats.items()})
@@ -633,10 +631,23 @@ def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
             for key, value in stats.items()}
 
 
-def _sample_frames(frames: np.ndarray, limit: int = 100) -> np.ndarray:
-    """At most `limit` evenly spaced frames (LeRobot samples frames for image stats too)."""
-    step = max(1, -(-len(frames) // limit))
-    return frames[::step]
+def aggregate_stats(stats: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-episode stats -> dataset stats, as LeRobot's aggregate_feature_stats does: min/max
+    of extremes, count-weighted mean, pooled std, count-weighted quantiles."""
+    counts = np.array([s['count'][0] for s in stats], dtype=np.float64)
+    total = counts.sum()
+
+    def weighted(key, values=None):
+        values = np.stack([s[key] for s in stats]) if values is None else values
+        return np.tensordot(counts, values, axes=1) / total
+
+    mean = weighted('mean')
+    variance = weighted('', np.stack([s['std'] ** 2 + (s['mean'] - mean) ** 2 for s in stats]))
+    aggregated = {'min': np.min([s['min'] for s in stats], axis=0),
+                  'max': np.max([s['max'] for s in stats], axis=0), 'mean': mean,
+                  'std': np.sqrt(variance), 'count': np.array([int(total)])}
+    aggregated.update({key: weighted(key) for key in stats[0] if key.startswith('q')})
+    return aggregated
 
 
 def _hf_features(features: dict) -> dict:
