@@ -237,7 +237,7 @@ def load_episodes(bags: Sequence[Path], policy_config: PolicyConfig, node_config
 
     preprocessor = Preprocessor(policy_config.preprocess, torch.device('cpu'), torch.float32)
     episodes = []
-    for path in _progress(bags, progress, 'reading bags'):
+    for path in progress_bar(bags, progress, 'reading bags'):
         episode = load_episode(path, policy_config, node_config, preprocessor, action_topic)
         if episodes and episode.action_names != episodes[0].action_names:
             raise BagError(f'{path}: action names {episode.action_names} differ from '
@@ -295,9 +295,10 @@ def normalization_stats(episodes: Sequence[Episode]) -> dict:
             'action_mean': actions.mean(0).tolist(), 'action_std': action_std.tolist()}
 
 
-def _progress(items, enabled: bool, desc: str):
+def progress_bar(items, enabled: bool, desc: str, unit: str = 'bag'):
+    """`items`, with a progress bar on terminals when `enabled`."""
     if not enabled:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit='bag', leave=False, disable=None)  # None: terminals only
+    return tqdm(items, desc=desc, unit=unit, leave=False, disable=None)  # None: terminals only

@@ -77,13 +77,17 @@ class VideoEncoding:
     pix_fmt: str = 'yuv420p'
     g: int = 2
     crf: int = 30
-    preset: int = 12
+
+    @property
+    def preset(self) -> int | None:
+        """LeRobot sets SVT-AV1's fastest preset (12) and leaves other codecs at theirs."""
+        return 12 if self.vcodec == 'libsvtav1' else None
 
     def options(self) -> dict[str, str]:
         """Codec options as LeRobot passes them to PyAV."""
         options = {'g': str(self.g), 'crf': str(self.crf)}
-        if self.vcodec in ('libsvtav1', 'libx264', 'h264', 'hevc'):
-            options['preset'] = str(self.preset) if self.vcodec == 'libsvtav1' else 'medium'
+        if self.preset is not None:
+            options['preset'] = str(self.preset)
         return options
 
     def info(self) -> dict:
@@ -293,7 +297,8 @@ def load_episodes(root: str | Path, policy_config: PolicyConfig, mapping: LeRobo
     videos = _VideoFiles(root, info, TOLERANCE_S)
     episodes = []
     try:
-        for meta in dataset._progress(episodes_meta, progress, 'reading episodes'):
+        for meta in dataset.progress_bar(episodes_meta, progress, 'reading episodes',
+                                             'episode'):
             index = meta['episode_index']
             rows = sorted(by_episode.get(index, []), key=lambda r: frames['frame_index'][r])
             name = f'{root}#episode_{index}'
@@ -735,12 +740,12 @@ def export_bags(bags: Sequence[Path], out: str | Path, node_config: NodeConfig, 
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
     writer, summary = None, {'episodes': [], 'dropped': {}}
     try:
-        for bag in dataset._progress(bags, progress, 'exporting bags'):
+        for bag in dataset.progress_bar(bags, progress, 'exporting bags'):
             samples = dataset.bag_samples(bag, config, node_config, action_topic)
             if not samples.observations:
                 raise DatasetError(f'{bag}: no observation pairs an image with a pose and an '
                                    'action; check topics and sync settings')
-            bag_fps = fps or estimate_fps(samples.stamps)
+            bag_fps = fps or estimate_fps(samples.stamps, str(bag))
             grid_slots(samples.stamps, bag_fps, str(bag))
             joint_names, joints = joint_positions(bag, node_config, joint_topic, samples.stamps)
             state_names = list(POSE_NAMES) + joint_names
@@ -779,10 +784,10 @@ def export_bags(bags: Sequence[Path], out: str | Path, node_config: NodeConfig, 
     return summary
 
 
-def estimate_fps(stamps: np.ndarray) -> int:
+def estimate_fps(stamps: np.ndarray, where: str) -> int:
     """Integer frame rate from (N,) ns stamps: 1 / median period, rounded (LeRobot's fps)."""
     if len(stamps) < 2:
-        raise DatasetError('one frame only: the frame rate is unknown; pass --fps')
+        raise DatasetError(f'{where}: one frame only, so the frame rate is unknown; pass --fps')
     return max(1, int(round(NS_PER_S / float(np.median(np.diff(stamps))))))
 
 
@@ -870,10 +875,9 @@ def load_inputs(paths: Sequence[Path], policy_config: PolicyConfig, node_config:
     bags = [p for p in paths if not is_dataset(p)]
     episodes = dataset.load_episodes(bags, policy_config, node_config, action_topic,
                                      progress) if bags else []
+    datasets = [p for p in paths if is_dataset(p)]
     preprocessor = Preprocessor(policy_config.preprocess, torch.device('cpu'), torch.float32)
-    for path in paths:
-        if not is_dataset(path):
-            continue
+    for path in datasets:
         for episode in load_episodes(path, policy_config, mapping or LeRobotMapping(),
                                      preprocessor, node_config, progress):
             if len(episode) == 0:
