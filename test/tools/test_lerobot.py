@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -267,8 +268,6 @@ def test_orientation_from_roll_pitch_yaw_and_a_mapping_file(tmp_path):
 # ------------------------------------------------------------------------------- bad input ---
 
 def copy_dataset(src: Path, dst: Path) -> Path:
-    import shutil
-
     shutil.copytree(src, dst)
     return dst
 
@@ -414,3 +413,31 @@ def test_aggregated_image_stats_equal_stats_over_all_frames():
     for key in ('min', 'max', 'mean', 'std', 'count'):
         np.testing.assert_allclose(aggregated[key], full[key], rtol=1e-12, atol=1e-12)
     assert aggregated['mean'].shape == (3, 1, 1) and aggregated['count'].tolist() == [14]
+
+
+def test_image_features_stored_as_png_read_like_video(exported, config, tmp_path):
+    """LeRobot also stores cameras as PNG bytes in the parquet (dtype 'image'): rewrite the
+    export that way (PNGs of the decoded video frames) and get the very same samples."""
+    import av
+    import cv2
+
+    with av.open(str(exported / 'videos/observation.images.camera/chunk-000/file-000.mp4')) as c:
+        frames = [f.to_ndarray(format='rgb24') for f in c.decode(c.streams.video[0])]
+    root = copy_dataset(exported, tmp_path / 'images')
+    path = root / 'data/chunk-000/file-000.parquet'
+    cells = [{'bytes': cv2.imencode('.png', np.ascontiguousarray(f[..., ::-1]))[1].tobytes(),
+              'path': None} for f in frames]
+    table = pq.read_table(path).append_column('observation.images.camera', pa.array(
+        cells, pa.struct([('bytes', pa.binary()), ('path', pa.string())])))
+    pq.write_table(table, path)
+    info = json.loads((root / 'meta/info.json').read_text())
+    info['features']['observation.images.camera'] = {
+        'dtype': 'image', 'shape': [32, 32, 3], 'names': ['height', 'width', 'channel']}
+    (root / 'meta/info.json').write_text(json.dumps(info | {'video_path': None}))
+    shutil.rmtree(root / 'videos')
+
+    from_images, from_video = read_dataset(root, config), read_dataset(exported, config)
+    assert [len(e) for e in from_images] == [8, 8, 8]
+    for a, b in zip(from_images, from_video):
+        torch.testing.assert_close(a.pixels, b.pixels, rtol=0, atol=0)
+        assert torch.equal(a.actions, b.actions) and torch.equal(a.position, b.position)
