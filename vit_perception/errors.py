@@ -27,3 +27,33 @@ class SimError(VitPerceptionError):
 
 class BagError(VitPerceptionError):
     """A ROS 2 bag cannot be read or written (missing, corrupt, missing topics, wrong types)."""
+
+
+# Longest error line shown to a user (bytes of UTF-8); longer messages are cut in the middle.
+MAX_ERROR_BYTES = 500
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """repr() for error messages, bounded: never builds the full repr of a huge value."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel = 2
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 4
+    short.maxstring = short.maxother = limit
+    short.maxlong = 40
+    return short.repr(value)
+
+
+def one_line(text: object, limit: int = MAX_ERROR_BYTES) -> str:
+    """`text` as one line of at most `limit` UTF-8 bytes (whitespace runs -> one space)."""
+    text = str(text)
+    if len(text) > 8 * limit:  # do not split a 300 MB message into words
+        text = text[:4 * limit] + ' ' + text[-4 * limit:]
+    line = ' '.join(text.split())
+    data = line.encode('utf-8', 'replace')
+    if len(data) <= limit:
+        return line
+    keep = (limit - 5) // 2
+    return (data[:keep].decode('utf-8', 'ignore') + ' ... '
+            + data[-keep:].decode('utf-8', 'ignore'))
