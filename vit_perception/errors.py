@@ -1,4 +1,10 @@
-"""Error classes: each names what was wrong and what was expected."""
+"""Error classes (each names what was wrong and what was expected) and the one-line form of an
+error that every entry point prints."""
+
+import reprlib
+import sys
+import tempfile
+import traceback
 
 
 class VitPerceptionError(Exception):
@@ -35,8 +41,6 @@ MAX_ERROR_BYTES = 500
 
 def short_repr(value: object, limit: int = 60) -> str:
     """repr() for error messages, bounded: never builds the full repr of a huge value."""
-    import reprlib
-
     short = reprlib.Repr()
     short.maxlevel = 2
     short.maxlist = short.maxtuple = short.maxdict = short.maxset = 4
@@ -57,3 +61,17 @@ def one_line(text: object, limit: int = MAX_ERROR_BYTES) -> str:
     keep = (limit - 5) // 2
     return (data[:keep].decode('utf-8', 'ignore') + ' ... '
             + data[-keep:].decode('utf-8', 'ignore'))
+
+
+def report_crash(prog: str, err: BaseException) -> int:
+    """An unexpected exception: full traceback to a log file, one line to the user; exit 1."""
+    try:
+        fd, log = tempfile.mkstemp(prefix='vit-perception-crash-', suffix='.log')
+        with open(fd, 'w') as stream:
+            stream.write(''.join(traceback.format_exception(err)))
+        where = f'traceback in {log}'
+    except OSError:
+        where = 'the traceback could not be written'
+    print(one_line(f'{prog}: internal error (please report it): {type(err).__name__}: {err}; '
+                   f'{where}', 700), file=sys.stderr)
+    return 1

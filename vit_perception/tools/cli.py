@@ -13,11 +13,9 @@ import argparse
 import importlib
 import logging
 import sys
-import tempfile
-import traceback
 
 from vit_perception import __version__
-from vit_perception.errors import VitPerceptionError, one_line
+from vit_perception.errors import VitPerceptionError, one_line, report_crash
 
 COMMANDS = {
     'node': ('vit_perception.tools.node', 'run the perception node live (rclpy or ROS-wire DDS)'),
@@ -85,20 +83,6 @@ def run_command(args: argparse.Namespace) -> int:
 def _os_error_text(err: OSError) -> str:
     where = f'{err.filename}: ' if err.filename else ''
     return f'{where}{err.strerror or err}'
-
-
-def report_crash(prog: str, err: BaseException) -> int:
-    """An unexpected exception: full traceback to a log file, one line to the user; exit 1."""
-    try:
-        fd, log = tempfile.mkstemp(prefix='vit-perception-crash-', suffix='.log')
-        with open(fd, 'w') as stream:
-            stream.write(''.join(traceback.format_exception(err)))
-        where = f'traceback in {log}'
-    except OSError:
-        where = 'the traceback could not be written'
-    print(one_line(f'{prog}: internal error (please report it): {type(err).__name__}: {err}; '
-                   f'{where}', 700), file=sys.stderr)
-    return 1
 
 
 if __name__ == '__main__':
