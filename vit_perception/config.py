@@ -235,7 +235,7 @@ def from_dict(cls: type, data: Any, path: str = ''):
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f' (known: {", ".join(names)})'
-            raise ConfigError(f"unknown config key '{where}'{hint}")
+            raise ConfigError(f'unknown config key {short_repr(where)}{hint}')
         kwargs[key] = _coerce(hints[key], value, where)
     return cls(**kwargs)
 
@@ -332,9 +332,9 @@ def estimate_parameters(config: PolicyConfig) -> int:
     bb = config.backbone
     hf = bb.hf_config or _pretrained_hf_config(bb.pretrained)
     if hf:
-        hidden = _hf_size(hf, 'hidden_size', bb.hidden_size)  # absent: the HF default,
-        layers = _hf_size(hf, 'num_hidden_layers', bb.num_layers)  # of that order
-        heads = _hf_size(hf, 'num_attention_heads', bb.num_heads)
+        hidden = _hf_size(hf, 'hidden_size', bb.hidden_size, 16384)  # absent: the HF
+        layers = _hf_size(hf, 'num_hidden_layers', bb.num_layers, 256)  # default, of that
+        heads = _hf_size(hf, 'num_attention_heads', bb.num_heads, 256)  # order
         mlp_ratio = hf.get('mlp_ratio', 4)
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not (
                 0 < mlp_ratio <= 64):
@@ -403,6 +403,7 @@ MAX_CONTROL_RATE_HZ = 1000.0
 MAX_PERIOD_S = 3600.0
 MAX_AGE_S = 60.0
 MAX_CONFIG_FILE_BYTES = 1 << 20
+NUMBER = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+')
 
 
 @dataclass
@@ -647,6 +648,8 @@ def load_node_config(path: str | Path | None = None, overrides: list[str] = ()) 
             raise ConfigError(f'--set {short_repr(item)}: expected key=value, e.g. --set '
                               'control.control_rate_hz=100')
         value = parse_yaml(text, f'--set {key.strip()}') if text else ''
+        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e9 (no dot) as a string
         set_dotted(data, key.strip(), value)
     return NodeConfig.from_dict(data)
 

@@ -152,7 +152,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = 'cpu'
         raise CheckpointError(f'{directory / CONFIG_FILE}: {err}') from None
     try:
         policy = build_policy(config)
-    except (TypeError, ValueError, KeyError, AttributeError) as err:  # e.g. in hf_config
+    except Exception as err:  # transformers' own validation of hf_config values, ...
         raise CheckpointError(f'{directory / CONFIG_FILE}: the model cannot be built from it '
                               f'({type(err).__name__}: {err})') from None
     try:
@@ -233,6 +233,9 @@ def _read_json(path: Path, finite: bool = False) -> dict:
                           parse_constant=_refuse_constant if finite else None)
     except OSError as err:
         raise CheckpointError(f'{path}: cannot read it ({err.strerror or err})') from None
+    except NonFiniteError as err:
+        raise CheckpointError(f'{path}: holds {err}; every value must be a finite number '
+                              '(recompute the statistics)') from None
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
         raise CheckpointError(f'{path}: not valid JSON ({err})') from None
     except RecursionError:
@@ -242,5 +245,9 @@ def _read_json(path: Path, finite: bool = False) -> dict:
     return data
 
 
+class NonFiniteError(ValueError):
+    """NaN / Infinity / -Infinity in a JSON file that must hold finite numbers."""
+
+
 def _refuse_constant(name: str):
-    raise ValueError(f'{name} is not a finite number')
+    raise NonFiniteError(name)
