@@ -32,6 +32,7 @@ MAX_TOKENS_PER_CAMERA = 4096
 MAX_IMAGE_SIDE = 4096  # backbone.image_size, preprocess sizes
 MAX_CAMERAS = 16
 MAX_NAMES = 64  # action names, proprio names
+NUMBER = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+')  # 1e9: a str to YAML 1.1
 
 
 @dataclass
@@ -264,6 +265,8 @@ def _coerce(hint: Any, value: Any, where: str):
             raise ConfigError(f'{where}={short_repr(value)}: expected an integer')
         return value
     if hint is float:
+        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e9 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f'{where}={short_repr(value)}: expected a number')
         try:
@@ -403,7 +406,6 @@ MAX_CONTROL_RATE_HZ = 1000.0
 MAX_PERIOD_S = 3600.0
 MAX_AGE_S = 60.0
 MAX_CONFIG_FILE_BYTES = 1 << 20
-NUMBER = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+')
 
 
 @dataclass
@@ -648,8 +650,6 @@ def load_node_config(path: str | Path | None = None, overrides: list[str] = ()) 
             raise ConfigError(f'--set {short_repr(item)}: expected key=value, e.g. --set '
                               'control.control_rate_hz=100')
         value = parse_yaml(text, f'--set {key.strip()}') if text else ''
-        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e9 (no dot) as a string
         set_dotted(data, key.strip(), value)
     return NodeConfig.from_dict(data)
 
