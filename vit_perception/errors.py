@@ -6,9 +6,18 @@ import sys
 import tempfile
 import traceback
 
+# Longest error line shown to a user (bytes of UTF-8); longer messages are cut in the middle.
+MAX_ERROR_BYTES = 500
+MAX_MESSAGE_BYTES = MAX_ERROR_BYTES - 60
+
 
 class VitPerceptionError(Exception):
-    """Base class for every error this package raises on purpose."""
+    """Base class for every error this package raises on purpose. The message is one line of
+    at most MAX_MESSAGE_BYTES, so a prefix like `vit-perception replay: error: ` still fits in
+    MAX_ERROR_BYTES, whatever foreign error text it quotes."""
+
+    def __init__(self, message: object = ''):
+        super().__init__(one_line(message, MAX_MESSAGE_BYTES))
 
 
 class ConfigError(VitPerceptionError):
@@ -35,8 +44,6 @@ class BagError(VitPerceptionError):
     """A ROS 2 bag cannot be read or written (missing, corrupt, missing topics, wrong types)."""
 
 
-# Longest error line shown to a user (bytes of UTF-8); longer messages are cut in the middle.
-MAX_ERROR_BYTES = 500
 
 
 def short_repr(value: object, limit: int = 60) -> str:

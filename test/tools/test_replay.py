@@ -540,3 +540,19 @@ def test_kill_9_keeps_every_message_up_to_the_last_checkpoint(tmp_path, checkpoi
         reader.close()
     assert count > 0 and count % 200 == 0  # checkpoints every 200 messages
     assert '/vit_perception/action_chunk' in topics
+
+
+def test_a_model_that_overflows_publishes_nothing_non_finite(tmp_path):
+    torch.manual_seed(0)
+    policy = build_policy(tiny_config())
+    with torch.no_grad():
+        policy.action_head[-1].weight.fill_(3e38)  # finite weights, infinite outputs
+    overflowing = save_checkpoint(policy, tmp_path / 'overflow')
+    bag = episode_bag(tmp_path / 'in', images=4)
+    result = replay.replay(bag, node_config(overflowing), make_engine(overflowing),
+                           tmp_path / 'out')
+    assert result.status == 'complete'
+    assert result.metrics['drops'] == {'non_finite': 4}
+    assert result.metrics['counts']['inferences'] == 0 and result.metrics['counts']['actions'] == 0
+    outputs = read_outputs(tmp_path / 'out')
+    assert sum(len(v) for v in outputs.values()) == 0
