@@ -288,6 +288,35 @@ def test_bad_flags_are_one_line_without_the_usage_block(capsys):
     assert "invalid choice: 'zzz'" in err and '(see vit-perception replay --help)' in err
 
 
+@pytest.mark.parametrize('argv, expected', [
+    (['bench', '--live', '--rate', 'nan'], '--rate nan: expected a finite number'),
+    (['sim', '--action-timeout', 'inf'], '--action-timeout inf: expected a finite number'),
+    (['demo', '--timeout=-inf'], '--timeout -inf: expected a finite number'),
+])
+def test_non_finite_number_flags_are_refused_by_the_parser(capsys, argv, expected):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count('\n') == 1 and expected in err
+
+
+def test_replay_report_at_a_file_is_refused_before_the_model_loads(capsys, tmp_path):
+    target = tmp_path / 'report.md'
+    target.write_text('keep me')
+    code, line = cli_error(capsys, ['replay', str(tmp_path / 'no_bag'), '--report', str(target)])
+    assert code == 2 and line.endswith(f'--report {target}: is a file; expected a directory')
+    assert target.read_text() == 'keep me'
+
+
+def test_train_options_out_of_range_are_one_line():
+    from vit_perception.tools.train import TrainOptions
+
+    for options, expected in (({'lr': 1e9}, 'lr in (0, 10]'), ({'weight_decay': -1.0}, 'lr in'),
+                              ({'val_fraction': 7.0}, '--val-fraction 7.0')):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            TrainOptions(**options)
+
+
 def test_os_errors_on_user_files_are_one_line(capsys, tmp_path):
     def run(args):
         raise IsADirectoryError(21, 'Is a directory', str(tmp_path))
@@ -331,3 +360,44 @@ def test_cli_process_exit_code_2_and_one_line(argv, expected):
     assert done.returncode == 2 and done.stdout == ''
     assert len(done.stderr.splitlines()) == 1 and expected in done.stderr
     assert_one_line(done.stderr)
+
+
+# ------------------------------------------------------------------ output bags and kill -9 ---
+
+KILLED_WRITER = """
+import os, sys
+import numpy as np
+from vit_perception.drivers import ros_types
+from vit_perception.drivers.bag import BagOutput
+bag = BagOutput(sys.argv[1], sys.argv[2], checkpoint_every=int(sys.argv[4]))
+bag.add_topic('/t', ros_types.ACTION_CHUNK)
+for i in range(int(sys.argv[3])):
+    bag.write('/t', 10**9 + i * 10**6, ros_types.action_chunk_msg(
+        i, ['a'], 0.1, np.full((1, 1), i, np.float32), i))
+os._exit(9)  # no close, no flush: as kill -9
+"""
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+@pytest.mark.parametrize('written, every, durable', [(1050, 200, 1000), (150, 200, 0),
+                                                     (1000, 10**9, 0)])
+def test_a_killed_bag_writer_keeps_every_message_up_to_its_last_checkpoint(
+        tmp_path, storage, written, every, durable):
+    from vit_perception.drivers import ros_types
+    from vit_perception.drivers.bag import _open_reader
+
+    out = tmp_path / 'out'
+    subprocess.run([sys.executable, '-c', KILLED_WRITER, str(out), storage, str(written),
+                    str(every)], env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False,
+                   timeout=120)
+    assert not (out / 'metadata.yaml').exists()
+    if durable == 0 and storage == 'mcap':  # nothing reached the file: an empty .mcap
+        assert (out / 'out.mcap').stat().st_size == 0
+        return
+    reader = _open_reader(out)
+    try:
+        values = [ros_types.chunk_from_msg(ros_types.deserialize(bytes(raw), c.msgtype))
+                  .chunk[0, 0] for c, _, raw in reader.messages()]
+    finally:
+        reader.close()
+    assert values == list(range(durable))

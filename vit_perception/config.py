@@ -545,7 +545,7 @@ class ControlConfig:
 
     def __post_init__(self):
         _require_positive('control.control_rate_hz', self.control_rate_hz, MAX_CONTROL_RATE_HZ)
-        if abs(self.ensemble_coeff) > 1000:
+        if not abs(self.ensemble_coeff) <= 1000:
             raise ConfigError(f'control.ensemble_coeff={self.ensemble_coeff}: expected '
                               '-1000..1000')
 

@@ -40,6 +40,8 @@ def resolve_device(name: str = 'auto') -> torch.device:
         raise ConfigError(f'engine.device={name!r}: this machine has '
                           f'{torch.cuda.device_count()} CUDA devices (torch {torch.__version__}); '
                           'use engine.device=cpu or auto')
+    if device.type == 'mps' and not torch.backends.mps.is_available():
+        raise ConfigError(f'engine.device={name!r}: MPS is not available here; use cpu or auto')
     return device
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 
 from vit_perception import __version__
@@ -35,6 +36,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f'{self.prog}: error: {one_line(message, 400)} (see {self.prog} --help)\n')
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Also refuses nan / inf for every number flag (type=float accepts them)."""
+        parsed, extra = super().parse_known_args(args, namespace)
+        for name, value in vars(parsed).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                self.error(f'--{name.replace("_", "-")} {value}: expected a finite number')
+        return parsed, extra
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,11 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vit_perception.config import load_node_config
     from vit_perception.core.engine import Engine
+    from vit_perception.errors import ConfigError
 
     overrides = list(args.overrides)
     if args.model is not None:
         overrides.append(f'engine.model={args.model}')
     config = load_node_config(args.config, overrides)
+    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
+        raise ConfigError(f'--report {args.report}: is a file; expected a directory')
     bag_path = Path(args.bag)
     out = Path(args.out) if args.out else Path(f'{bag_path.name.split(".")[0]}_replay')
     from vit_perception.drivers.bag import BagInput  # check the bag before loading the model

@@ -60,9 +60,12 @@ class TrainOptions:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f'--epochs {self.epochs} --batch-size {self.batch_size}: expected '
                               'both >= 1')
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1:
+        if (not 0 < self.lr <= 10 or not 0 <= self.weight_decay <= 10
+                or not 0 <= self.warmup_fraction < 1):
             raise ConfigError(f'--lr {self.lr} --weight-decay {self.weight_decay}: expected '
-                              'lr > 0 and weight decay >= 0')
+                              'lr in (0, 10] and weight decay in [0, 10]')
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f'--val-fraction {self.val_fraction}: expected 0 <= f < 1')
         if self.augment_shift < 0:
             raise ConfigError(f'--augment-shift {self.augment_shift}: expected >= 0 pixels')
         if self.loss not in ('l1', 'mse'):
