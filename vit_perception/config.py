@@ -32,6 +32,7 @@ MAX_TOKENS_PER_CAMERA = 4096
 MAX_IMAGE_SIDE = 4096  # backbone.image_size, preprocess sizes
 MAX_CAMERAS = 16
 MAX_NAMES = 64  # action names, proprio names
+MAX_LIST_LENGTH = 1024  # any list in a config
 NUMBER = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+')  # 1e9: a str to YAML 1.1
 
 
@@ -319,9 +320,6 @@ def _require_at_most(name: str, value: float, at_most: float) -> None:
         raise ConfigError(f'{name}={short_repr(value)}: must be <= {at_most:g}')
 
 
-MAX_LIST_LENGTH = 1024
-
-
 def _hf_size(hf: dict, key: str, default: int | None = None, at_most: int = 1 << 20) -> int:
     value = hf.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= at_most:
@@ -335,9 +333,10 @@ def estimate_parameters(config: PolicyConfig) -> int:
     bb = config.backbone
     hf = bb.hf_config or _pretrained_hf_config(bb.pretrained)
     if hf:
-        hidden = _hf_size(hf, 'hidden_size', bb.hidden_size, 16384)  # absent: the HF
-        layers = _hf_size(hf, 'num_hidden_layers', bb.num_layers, 256)  # default, of that
-        heads = _hf_size(hf, 'num_attention_heads', bb.num_heads, 256)  # order
+        # An absent key takes transformers' default, of the order of ours.
+        hidden = _hf_size(hf, 'hidden_size', bb.hidden_size, 16384)
+        layers = _hf_size(hf, 'num_hidden_layers', bb.num_layers, 256)
+        _hf_size(hf, 'num_attention_heads', bb.num_heads, 256)
         mlp_ratio = hf.get('mlp_ratio', 4)
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not (
                 0 < mlp_ratio <= 64):
@@ -347,9 +346,6 @@ def estimate_parameters(config: PolicyConfig) -> int:
         image = _hf_size(hf, 'image_size', bb.image_size, MAX_IMAGE_SIDE)
         patch = _hf_size(hf, 'patch_size', bb.patch_size, MAX_IMAGE_SIDE)
         channels = _hf_size(hf, 'num_channels', 3, 16)
-        if hidden % heads:
-            raise ConfigError(f'backbone.hf_config: hidden_size {hidden} is not divisible by '
-                              f'num_attention_heads {heads}')
     else:
         hidden, layers, inner = bb.hidden_size, bb.num_layers, bb.hidden_size * bb.mlp_ratio
         image, patch, channels = bb.image_size, bb.patch_size, 3
