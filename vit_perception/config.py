@@ -540,7 +540,9 @@ class ControlConfig:
     late_fusion_refresh: bool = True
 
     def __post_init__(self):
-        _require_positive('control.control_rate_hz', self.control_rate_hz, MAX_CONTROL_RATE_HZ)
+        if not 0.1 <= self.control_rate_hz <= MAX_CONTROL_RATE_HZ:
+            raise ConfigError(f'control.control_rate_hz={self.control_rate_hz}: expected '
+                              f'0.1..{MAX_CONTROL_RATE_HZ:g} Hz')
         if not abs(self.ensemble_coeff) <= 1000:
             raise ConfigError(f'control.ensemble_coeff={self.ensemble_coeff}: expected '
                               '-1000..1000')
@@ -595,7 +597,9 @@ class NodeConfig:
     domain_id: int = -1
 
     def __post_init__(self):
-        _require_positive('diagnostics_period', self.diagnostics_period, MAX_PERIOD_S)
+        if not 0.01 <= self.diagnostics_period <= MAX_PERIOD_S:
+            raise ConfigError(f'diagnostics_period={self.diagnostics_period}: expected '
+                              f'0.01..{MAX_PERIOD_S:g} s')
         _require_positive('log_throttle', self.log_throttle, MAX_PERIOD_S)
         if not -1 <= self.domain_id <= 232:
             raise ConfigError(f'domain_id={self.domain_id}: expected -1 (ROS_DOMAIN_ID or 0) '

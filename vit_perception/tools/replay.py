@@ -8,15 +8,16 @@ each message, i.e. use_sim_time semantics) and threaded=False:
         clock = log time, core.on_image / on_pose / on_bad_message, core.run_pending()
 
 Inference runs synchronously and takes no bag time, so the output depends only on the bag and the
-checkpoint: the same inputs give a byte-identical output bag on the same machine.
+checkpoint: the same inputs give a byte-identical output bag on the same machine. Nothing in that
+path reads the wall clock; wall time is measured around it only for the latency/throughput report.
 
 Bounded work per message: a gap in the bag clock longer than the node could act across
 (`sync.max_observation_age + sync.max_future` after the last message) is skipped instead of
 ticked through: the ticks in it could publish nothing (every observation is stale by then). Gaps
 are counted in the report (`clock_gaps`). SIGINT/SIGTERM are checked between messages and every
 `SIGNAL_CHECK_TICKS` ticks. The output bag is made durable every 200 messages (BagOutput): after
-a kill -9 it holds every message up to the last checkpoint. Nothing in that
-path reads the wall clock; wall time is measured around it only for the latency/throughput report.
+a kill -9 it holds every message up to the last checkpoint.
+
 The output bag holds the embeddings, chunks and per-tick actions (topics from the config);
 `--report DIR` adds metrics.json, plots and report.md (tools/report.py).
 """
@@ -316,12 +317,11 @@ class _Loop:
         self.stop = stop or threading.Event()
         # After this long without a message every tick is suppressed (the newest observation is
         # stale), so a longer gap is skipped rather than ticked through.
+        self.period_ns = max(int(round(NS_PER_S / config.control.control_rate_hz)), 1)
         self.idle_ns = int((config.sync.max_observation_age + config.sync.max_future)
-                           * NS_PER_S) + 2 * max(int(round(NS_PER_S / config.control
-                                                           .control_rate_hz)), 1)
+                           * NS_PER_S) + 2 * self.period_ns
         self.clock = clock
         self.record = record
-        self.period_ns = max(int(round(NS_PER_S / config.control.control_rate_hz)), 1)
         self.diag_ns = max(int(round(config.diagnostics_period * NS_PER_S)), 1)
         self.next_tick: int | None = None
         self.next_diag: int | None = None
