@@ -422,8 +422,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ConfigError(f'engine.dtype={self.dtype!r}: expected one of {DTYPES}')
-        if not 0 <= self.warmup_iters <= 1000:
-            raise ConfigError(f'engine.warmup_iters={self.warmup_iters}: expected 0..1000')
+        if not 0 <= self.warmup_iters <= 100_000:
+            raise ConfigError(f'engine.warmup_iters={self.warmup_iters}: expected 0..100000')
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f'engine.device={short_repr(self.device)}: expected auto, cpu, '
                               'cuda, cuda:N or mps')
