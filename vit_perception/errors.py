@@ -44,8 +44,6 @@ class BagError(VitPerceptionError):
     """A ROS 2 bag cannot be read or written (missing, corrupt, missing topics, wrong types)."""
 
 
-
-
 def short_repr(value: object, limit: int = 60) -> str:
     """repr() for error messages, bounded: never builds the full repr of a huge value."""
     short = reprlib.Repr()
@@ -79,6 +77,7 @@ def report_crash(prog: str, err: BaseException) -> int:
         where = f'traceback in {log}'
     except OSError:
         where = 'the traceback could not be written'
-    print(one_line(f'{prog}: internal error (please report it): {type(err).__name__}: {err}; '
-                   f'{where}', 700), file=sys.stderr)
+    what = one_line(f'{prog}: internal error (please report it): {type(err).__name__}: {err}',
+                    MAX_ERROR_BYTES - len(where.encode()) - 2)
+    print(f'{what}; {where}', file=sys.stderr)
     return 1
