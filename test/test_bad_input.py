@@ -339,6 +339,7 @@ def test_a_bug_is_one_line_and_its_traceback_goes_to_a_log_file(capsys, monkeypa
     assert cli.main(['node']) == 1
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'Traceback' not in err
+    assert len(err.strip().encode()) <= MAX_ERROR_BYTES
     assert 'internal error (please report it): ZeroDivisionError: division by zero deep inside' \
         in err
     log = Path(re.search(r'traceback in (\S+\.log)', err).group(1))
