@@ -1,7 +1,9 @@
 """Policy configuration: grouped dataclasses, validated on construction, strict when parsed.
 
 `PolicyConfig` is everything a checkpoint needs to rebuild the model and its preprocessing.
-`from_dict` refuses unknown keys (typos are errors, never silently ignored).
+`from_dict` refuses unknown keys (typos are errors, never silently ignored). Every number must be
+finite and inside a stated range (the `MAX_*` limits below), and a model larger than
+`MAX_MODEL_PARAMETERS` is refused from its config alone, before anything is allocated.
 """
 
 from __future__ import annotations
@@ -9,17 +11,29 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vit_perception.errors import ConfigError
+from vit_perception.errors import ConfigError, short_repr
 
 FUSION_MODES = ('early', 'late')
 BACKBONE_TYPES = ('vit', 'deit', 'dinov2')
 DEFAULT_ACTION_NAMES = ('dx', 'dy', 'dz', 'drx', 'dry', 'drz', 'gripper')
 ACTION_KINDS = ('delta', 'velocity')
+
+# Model budget, checked on the config before anything is allocated: ViT-H/14 has 0.63e9
+# parameters; 1e9 fp32 parameters take 4 GB. Tokens per camera bound the attention memory.
+MAX_MODEL_PARAMETERS = 1_000_000_000
+MAX_TOKENS_PER_CAMERA = 4096
+MAX_IMAGE_SIDE = 4096  # backbone.image_size, preprocess sizes
+MAX_CAMERAS = 16
+MAX_NAMES = 64  # action names, proprio names
+MAX_LIST_LENGTH = 1024  # any list in a config
+NUMBER = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+')  # 1e9: a str to YAML 1.1
 
 
 @dataclass
@@ -45,9 +59,10 @@ class BackboneConfig:
         if self.model_type not in BACKBONE_TYPES:
             raise ConfigError(
                 f'backbone.model_type={self.model_type!r}: expected one of {BACKBONE_TYPES}')
-        for name in ('hidden_size', 'num_layers', 'num_heads', 'mlp_ratio', 'patch_size',
-                     'image_size'):
-            _require_positive(f'backbone.{name}', getattr(self, name))
+        for name, most in (('hidden_size', 16384), ('num_layers', 256), ('num_heads', 256),
+                           ('mlp_ratio', 16), ('patch_size', MAX_IMAGE_SIDE),
+                           ('image_size', MAX_IMAGE_SIDE)):
+            _require_positive(f'backbone.{name}', getattr(self, name), most)
         if self.hidden_size % self.num_heads:
             raise ConfigError(f'backbone.hidden_size={self.hidden_size} must be divisible by '
                               f'backbone.num_heads={self.num_heads}')
@@ -63,7 +78,8 @@ class PoseConfig:
     proprio_names: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        _require_positive('pose.num_tokens', self.num_tokens)
+        _require_positive('pose.num_tokens', self.num_tokens, 256)
+        _require_at_most('pose.proprio_names', len(self.proprio_names), MAX_NAMES)
 
     @property
     def feature_dim(self) -> int:
@@ -84,8 +100,8 @@ class FusionConfig:
     def __post_init__(self):
         if self.mode not in FUSION_MODES:
             raise ConfigError(f'fusion.mode={self.mode!r}: expected one of {FUSION_MODES}')
-        _require_positive('fusion.late_layers', self.late_layers)
-        _require_positive('fusion.late_heads', self.late_heads)
+        _require_positive('fusion.late_layers', self.late_layers, 64)
+        _require_positive('fusion.late_heads', self.late_heads, 256)
 
 
 @dataclass
@@ -107,8 +123,9 @@ class ActionConfig:
             raise ConfigError('actions.names is empty: name at least one action dimension')
         if len(set(self.names)) != len(self.names):
             raise ConfigError(f'actions.names has duplicates: {self.names}')
-        _require_positive('actions.horizon', self.horizon)
-        _require_positive('actions.dt', self.dt)
+        _require_at_most('actions.names', len(self.names), MAX_NAMES)
+        _require_positive('actions.horizon', self.horizon, 1000)
+        _require_positive('actions.dt', self.dt, 60.0)
 
 
 @dataclass
@@ -119,7 +136,7 @@ class EmbeddingConfig:
     l2_normalize: bool = True
 
     def __post_init__(self):
-        _require_positive('embedding.dim', self.dim)
+        _require_positive('embedding.dim', self.dim, 65536)
 
 
 @dataclass
@@ -139,10 +156,15 @@ class PreprocessConfig:
         if self.resample not in ('bilinear', 'bicubic'):
             raise ConfigError(f'preprocess.resample={self.resample!r}: expected bilinear or '
                               'bicubic')
-        if len(self.size) != 2 or min(self.size) <= 0:
-            raise ConfigError(f'preprocess.size={self.size}: expected [height, width] > 0')
-        if self.crop_size and (len(self.crop_size) != 2 or min(self.crop_size) <= 0):
-            raise ConfigError(f'preprocess.crop_size={self.crop_size}: expected [height, width]')
+        for name in ('size', 'crop_size'):
+            sides = getattr(self, name)
+            if (sides or name == 'size') and (
+                    len(sides) != 2 or not all(0 < side <= MAX_IMAGE_SIDE for side in sides)):
+                raise ConfigError(f'preprocess.{name}={short_repr(sides)}: expected [height, '
+                                  f'width], each 1..{MAX_IMAGE_SIDE}')
+        if not 0 <= self.shortest_edge <= MAX_IMAGE_SIDE:
+            raise ConfigError(f'preprocess.shortest_edge={self.shortest_edge}: expected '
+                              f'0..{MAX_IMAGE_SIDE}')
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError('preprocess.mean/std: expected 3 values each, std > 0')
 
@@ -171,8 +193,11 @@ class PolicyConfig:
     ablate_images: bool = False
 
     def __post_init__(self):
-        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
-            raise ConfigError(f'cameras={self.cameras}: expected one or more unique names')
+        if (not self.cameras or len(set(self.cameras)) != len(self.cameras)
+                or len(self.cameras) > MAX_CAMERAS):
+            raise ConfigError(f'cameras={short_repr(self.cameras)}: expected 1..{MAX_CAMERAS} '
+                              'unique names')
+        check_model_budget(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -205,11 +230,14 @@ def from_dict(cls: type, data: Any, path: str = ''):
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f'{path or "config"}: key {short_repr(key)} is a '
+                              f'{type(key).__name__}; keys are names (strings)')
         where = f'{path}.{key}' if path else key
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f' (known: {", ".join(names)})'
-            raise ConfigError(f"unknown config key '{where}'{hint}")
+            raise ConfigError(f'unknown config key {short_repr(where)}{hint}')
         kwargs[key] = _coerce(hints[key], value, where)
     return cls(**kwargs)
 
@@ -220,28 +248,38 @@ def _coerce(hint: Any, value: Any, where: str):
     origin = typing.get_origin(hint)
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f'{where}={value!r}: expected a list')
+            raise ConfigError(f'{where}={short_repr(value)}: expected a list')
+        if len(value) > MAX_LIST_LENGTH:
+            raise ConfigError(f'{where}: {len(value)} items; at most {MAX_LIST_LENGTH}')
         (item,) = typing.get_args(hint) or (Any,)
         return [_coerce(item, v, where) for v in value]
     if hint is dict or origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f'{where}={value!r}: expected a mapping')
+            raise ConfigError(f'{where}={short_repr(value)}: expected a mapping')
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f'{where}={value!r}: expected true or false')
+            raise ConfigError(f'{where}={short_repr(value)}: expected true or false')
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f'{where}={value!r}: expected an integer')
+            raise ConfigError(f'{where}={short_repr(value)}: expected an integer')
         return value
     if hint is float:
+        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e9 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f'{where}={value!r}: expected a number')
-        return float(value)
+            raise ConfigError(f'{where}={short_repr(value)}: expected a number')
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f'{where}={short_repr(value)}: expected a finite number')
+        return number
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f'{where}={value!r}: expected a string')
+            raise ConfigError(f'{where}={short_repr(value)}: expected a string')
         return value
     return value
 
@@ -249,10 +287,13 @@ def _coerce(hint: Any, value: Any, where: str):
 def set_dotted(data: dict, dotted: str, value: Any) -> None:
     """Set data['a']['b'] = value for dotted='a.b', creating nested dicts."""
     keys = dotted.split('.')
+    if not all(keys):
+        raise ConfigError(f'{short_repr(dotted)}: expected a dotted name like sync.max_future')
     for key in keys[:-1]:
         data = data.setdefault(key, {})
         if not isinstance(data, dict):
-            raise ConfigError(f"cannot set '{dotted}': '{key}' is not a group")
+            raise ConfigError(f'cannot set {short_repr(dotted)}: {short_repr(key)} is not a '
+                              'group')
     data[keys[-1]] = value
 
 
@@ -267,9 +308,83 @@ def load_json(path: str | Path) -> dict:
         raise ConfigError(f'{path}: not valid JSON ({err})') from None
 
 
-def _require_positive(name: str, value: float) -> None:
+def _require_positive(name: str, value: float, at_most: float | None = None) -> None:
     if not value > 0:
-        raise ConfigError(f'{name}={value!r}: must be > 0')
+        raise ConfigError(f'{name}={short_repr(value)}: must be > 0')
+    if at_most is not None:
+        _require_at_most(name, value, at_most)
+
+
+def _require_at_most(name: str, value: float, at_most: float) -> None:
+    if not value <= at_most:
+        raise ConfigError(f'{name}={short_repr(value)}: must be <= {at_most:g}')
+
+
+def _hf_size(hf: dict, key: str, default: int | None = None, at_most: int = 1 << 20) -> int:
+    value = hf.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= at_most:
+        raise ConfigError(f'backbone.hf_config.{key}={short_repr(value)}: expected an integer '
+                          f'1..{at_most}')
+    return value
+
+
+def estimate_parameters(config: PolicyConfig) -> int:
+    """Parameter count of the policy from its config alone (to within a few percent)."""
+    bb = config.backbone
+    hf = bb.hf_config or _pretrained_hf_config(bb.pretrained)
+    if hf:
+        # An absent key takes transformers' default, of the order of ours.
+        hidden = _hf_size(hf, 'hidden_size', bb.hidden_size, 16384)
+        layers = _hf_size(hf, 'num_hidden_layers', bb.num_layers, 256)
+        _hf_size(hf, 'num_attention_heads', bb.num_heads, 256)
+        mlp_ratio = hf.get('mlp_ratio', 4)
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not (
+                0 < mlp_ratio <= 64):
+            raise ConfigError(f'backbone.hf_config.mlp_ratio={short_repr(mlp_ratio)}: expected '
+                              'a number in (0, 64]')
+        inner = _hf_size(hf, 'intermediate_size', int(hidden * mlp_ratio))
+        image = _hf_size(hf, 'image_size', bb.image_size, MAX_IMAGE_SIDE)
+        patch = _hf_size(hf, 'patch_size', bb.patch_size, MAX_IMAGE_SIDE)
+        channels = _hf_size(hf, 'num_channels', 3, 16)
+    else:
+        hidden, layers, inner = bb.hidden_size, bb.num_layers, bb.hidden_size * bb.mlp_ratio
+        image, patch, channels = bb.image_size, bb.patch_size, 3
+    tokens = (image // patch) ** 2
+    if patch > image or tokens > MAX_TOKENS_PER_CAMERA:
+        raise ConfigError(f'backbone: image_size {image} / patch_size {patch} gives {tokens} '
+                          f'tokens per camera; expected 1..{MAX_TOKENS_PER_CAMERA}')
+    per_layer = 4 * hidden * hidden + 2 * hidden * inner + 9 * hidden + inner
+    count = layers * per_layer + channels * patch * patch * hidden + (tokens + 2) * hidden
+    if config.fusion.mode == 'late':
+        count += config.fusion.late_layers * (12 * hidden * hidden + 13 * hidden)
+    pose_dim = config.pose.feature_dim
+    count += pose_dim * hidden + hidden * hidden * config.pose.num_tokens
+    count += (len(config.cameras) + config.pose.num_tokens) * hidden
+    outputs = config.actions.horizon * len(config.actions.names)
+    count += hidden * config.embedding.dim + hidden * hidden + hidden * outputs
+    return int(count)
+
+
+def _pretrained_hf_config(pretrained: str) -> dict:
+    """config.json of a local pretrained directory ({} for a hub id or an unreadable file: the
+    backbone loader reports those)."""
+    path = Path(pretrained) / 'config.json' if pretrained else None
+    try:
+        if path is None or not path.is_file() or path.stat().st_size > MAX_CONFIG_FILE_BYTES:
+            return {}
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_model_budget(config: PolicyConfig) -> None:
+    """ConfigError when the policy would exceed MAX_MODEL_PARAMETERS (nothing allocated)."""
+    count = estimate_parameters(config)
+    if count > MAX_MODEL_PARAMETERS:
+        raise ConfigError(f'the model would have about {count:.3g} parameters; the budget is '
+                          f'{MAX_MODEL_PARAMETERS:.3g} (MAX_MODEL_PARAMETERS): check '
+                          'backbone sizes (hidden_size, num_layers, hf_config)')
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,6 +395,13 @@ def _require_positive(name: str, value: float) -> None:
 RELIABILITY = ('best_effort', 'reliable')
 CAMERA_TRANSPORTS = ('raw', 'compressed')
 DTYPES = ('auto', 'fp32', 'bf16', 'fp16')
+DEVICE_PATTERN = re.compile(r'(auto|cpu|mps|cuda|cuda:\d{1,2})')
+# Time limits (s) of node parameters: finite, and small enough for integer nanoseconds and
+# timer periods. The control rate is at most MAX_CONTROL_RATE_HZ.
+MAX_CONTROL_RATE_HZ = 1000.0
+MAX_PERIOD_S = 3600.0
+MAX_AGE_S = 60.0
+MAX_CONFIG_FILE_BYTES = 1 << 20
 
 
 @dataclass
@@ -300,8 +422,11 @@ class EngineConfig:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ConfigError(f'engine.dtype={self.dtype!r}: expected one of {DTYPES}')
-        if self.warmup_iters < 0:
-            raise ConfigError(f'engine.warmup_iters={self.warmup_iters}: must be >= 0')
+        if not 0 <= self.warmup_iters <= 100_000:
+            raise ConfigError(f'engine.warmup_iters={self.warmup_iters}: expected 0..100000')
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f'engine.device={short_repr(self.device)}: expected auto, cpu, '
+                              'cuda, cuda:N or mps')
 
 
 @dataclass
@@ -322,16 +447,17 @@ class TopicsConfig:
     twist: str = ''
 
     def __post_init__(self):
-        if not self.cameras:
-            raise ConfigError('topics.cameras is empty: give one image topic per camera')
+        if not self.cameras or len(self.cameras) > MAX_CAMERAS:
+            raise ConfigError(f'topics.cameras has {len(self.cameras)} topics: give one image '
+                              f'topic per camera (1..{MAX_CAMERAS})')
         if len(self.camera_transports) != len(self.cameras):
             raise ConfigError(
                 f'topics.camera_transports has {len(self.camera_transports)} entries for '
                 f'{len(self.cameras)} cameras: give one of {CAMERA_TRANSPORTS} per camera')
         for transport in self.camera_transports:
             if transport not in CAMERA_TRANSPORTS:
-                raise ConfigError(f'topics.camera_transports: {transport!r} is not one of '
-                                  f'{CAMERA_TRANSPORTS}')
+                raise ConfigError(f'topics.camera_transports: {short_repr(transport)} is not '
+                                  f'one of {CAMERA_TRANSPORTS}')
 
 
 POSE_SOURCES = ('topic', 'tf')
@@ -372,7 +498,7 @@ class QosConfig:
                 raise ConfigError(f'qos.{name}={getattr(self, name)!r}: expected one of '
                                   f'{RELIABILITY}')
         for name in ('image_depth', 'pose_depth', 'output_depth'):
-            _require_positive(f'qos.{name}', getattr(self, name))
+            _require_positive(f'qos.{name}', getattr(self, name), 10000)
 
 
 @dataclass
@@ -395,11 +521,11 @@ class SyncConfig:
     quaternion_tolerance: float = 0.05
 
     def __post_init__(self):
-        for name in ('pose_history', 'max_pose_skew', 'camera_tolerance', 'max_observation_age',
-                     'quaternion_tolerance'):
-            _require_positive(f'sync.{name}', getattr(self, name))
-        if self.max_future < 0:
-            raise ConfigError(f'sync.max_future={self.max_future}: must be >= 0')
+        for name in ('pose_history', 'max_pose_skew', 'camera_tolerance', 'max_observation_age'):
+            _require_positive(f'sync.{name}', getattr(self, name), MAX_AGE_S)
+        _require_positive('sync.quaternion_tolerance', self.quaternion_tolerance, 1.0)
+        if not 0 <= self.max_future <= MAX_AGE_S:
+            raise ConfigError(f'sync.max_future={self.max_future}: expected 0..{MAX_AGE_S:g}')
 
 
 @dataclass
@@ -414,7 +540,12 @@ class ControlConfig:
     late_fusion_refresh: bool = True
 
     def __post_init__(self):
-        _require_positive('control.control_rate_hz', self.control_rate_hz)
+        if not 0.1 <= self.control_rate_hz <= MAX_CONTROL_RATE_HZ:
+            raise ConfigError(f'control.control_rate_hz={self.control_rate_hz}: expected '
+                              f'0.1..{MAX_CONTROL_RATE_HZ:g} Hz')
+        if not abs(self.ensemble_coeff) <= 1000:
+            raise ConfigError(f'control.ensemble_coeff={self.ensemble_coeff}: expected '
+                              '-1000..1000')
 
 
 @dataclass
@@ -444,7 +575,7 @@ class SafetyConfig:
         n = len(self.workspace_dims)
         if len(self.workspace_min) != n or len(self.workspace_max) != n:
             raise ConfigError('safety.workspace_dims/min/max must have equal length')
-        _require_positive('safety.max_inference_time', self.max_inference_time)
+        _require_positive('safety.max_inference_time', self.max_inference_time, MAX_PERIOD_S)
 
 
 @dataclass
@@ -466,8 +597,13 @@ class NodeConfig:
     domain_id: int = -1
 
     def __post_init__(self):
-        _require_positive('diagnostics_period', self.diagnostics_period)
-        _require_positive('log_throttle', self.log_throttle)
+        if not 0.01 <= self.diagnostics_period <= MAX_PERIOD_S:
+            raise ConfigError(f'diagnostics_period={self.diagnostics_period}: expected '
+                              f'0.01..{MAX_PERIOD_S:g} s')
+        _require_positive('log_throttle', self.log_throttle, MAX_PERIOD_S)
+        if not -1 <= self.domain_id <= 232:
+            raise ConfigError(f'domain_id={self.domain_id}: expected -1 (ROS_DOMAIN_ID or 0) '
+                              'or 0..232')
 
     @classmethod
     def from_dict(cls, data: dict) -> NodeConfig:
@@ -494,38 +630,89 @@ def load_node_config(path: str | Path | None = None, overrides: list[str] = ()) 
 
     Raises ConfigError with a one-line message on a bad file, unknown key or bad value.
     """
-    import yaml
-
     data: dict = {}
     if path:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f'{path}: config file not found') from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f'{path}: not valid YAML ({str(err).splitlines()[0]})') from None
+        loaded = parse_yaml(_read_config_text(path), str(path)) or {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f'{path}: expected a mapping at the top level')
+            raise ConfigError(f'{path}: expected a mapping at the top level, got '
+                              f'{type(loaded).__name__}')
         if NODE_NAME in loaded:
             loaded = loaded[NODE_NAME]
         data = loaded.get('ros__parameters', loaded) if isinstance(loaded, dict) else loaded
-        data = _unflatten(data)
+        if not isinstance(data, dict):
+            raise ConfigError(f'{path}: expected `{NODE_NAME}: ros__parameters:` to hold a '
+                              f'mapping of parameters, got {type(data).__name__}')
+        data = _unflatten(data, str(path))
     for item in overrides:
         key, sep, text = item.partition('=')
-        if not sep or not key:
-            raise ConfigError(f'--set {item!r}: expected key=value, e.g. --set control.'
-                              f'control_rate_hz=100')
-        set_dotted(data, key.strip(), yaml.safe_load(text) if text else '')
+        if not sep or not key.strip():
+            raise ConfigError(f'--set {short_repr(item)}: expected key=value, e.g. --set '
+                              'control.control_rate_hz=100')
+        value = parse_yaml(text, f'--set {key.strip()}') if text else ''
+        set_dotted(data, key.strip(), value)
     return NodeConfig.from_dict(data)
 
 
-def _unflatten(data: dict) -> dict:
+def _read_config_text(path: Path) -> str:
+    try:
+        if path.is_dir():
+            raise ConfigError(f'{path}: is a directory; expected a YAML file')
+        if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
+            raise ConfigError(f'{path}: {path.stat().st_size} bytes; a config file is at most '
+                              f'{MAX_CONFIG_FILE_BYTES} bytes')
+        return path.read_bytes().decode('utf-8')
+    except FileNotFoundError:
+        raise ConfigError(f'{path}: config file not found') from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f'{path}: not UTF-8 text (byte {err.start}); expected a YAML '
+                          'file') from None
+    except OSError as err:
+        raise ConfigError(f'{path}: cannot read it ({err.strerror or err})') from None
+
+
+def parse_yaml(text: str, where: str):
+    """yaml.safe_load, refusing aliases of mappings and lists (alias bombs expand to gigabytes
+    when walked) and nesting deeper than 32; one-line ConfigError on any problem."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                node = self.anchors.get(event.anchor)
+                if node is not None and not isinstance(node, yaml.ScalarNode):
+                    raise ConfigError(f'{where}: line {event.start_mark.line + 1}: alias '
+                                      f'*{short_repr(event.anchor)} of a mapping or list; '
+                                      'write the values out (aliases of those are refused)')
+            self._depth = getattr(self, '_depth', 0) + 1
+            try:
+                if self._depth > 32:
+                    raise ConfigError(f'{where}: nested deeper than 32 levels')
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        mark = getattr(err, 'problem_mark', None)
+        line = f' at line {mark.line + 1}' if mark is not None else ''
+        raise ConfigError(f'{where}: not valid YAML{line} ({first})') from None
+    except RecursionError:
+        raise ConfigError(f'{where}: nested too deeply') from None
+
+
+def _unflatten(data: dict, where: str) -> dict:
     """Accept both nested YAML and dotted keys ('sync.max_pose_skew': 0.1)."""
     out: dict = {}
     for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f'{where}: key {short_repr(key)} is a {type(key).__name__}; '
+                              'parameter names are strings')
         if isinstance(value, dict):
-            value = _unflatten(value)
+            value = _unflatten(value, where)
         if '.' in key:
             set_dotted(out, key, value)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):

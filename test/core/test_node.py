@@ -1,5 +1,6 @@
 """PerceptionCore with a fake engine, fake clock and recording outputs (no transport, no torch)."""
 
+import dataclasses
 import threading
 import time
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from vit_perception.config import NodeConfig
-from vit_perception.core.node import ERROR, OK, WARN, PerceptionCore
+from vit_perception.core.node import ERROR, OK, WARN, PerceptionCore, non_finite
 from vit_perception.core.types import ActionChunkResult, ImageFrame, PoseSample
 from vit_perception.errors import ConfigError, ImageError, PoseError
 
@@ -246,15 +247,71 @@ def test_limiter_clamps_published_actions_and_counts():
     assert values['clamps.action_range'] == '1' and values['clamps.max_step'] == '0'
 
 
-def test_non_finite_chunk_is_never_published():
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_non_finite_chunk_is_withheld_counted_and_an_error(bad):
+    core, engine, out, clock = make()
+    chunk = np.zeros((H, 3))
+    chunk[2, 1] = bad
+    engine.chunk_override = chunk
+    feed_observation(core, clock, T0, (0.0, 0.0, 0.0))
+    assert core.run_pending() is True
+    assert out.embeddings == [] and out.chunks == []  # neither output of that observation
+    assert core.tick() is None and out.actions == []
+    assert core.drops.counts() == {'non_finite': 1}
+    errors = [text for level, text in out.logs if level == 'error']
+    assert len(errors) == 1 and 'action chunk has 1 non-finite' in errors[0]
+    report = core.publish_diagnostics()
+    assert report.level == ERROR and report.values['drops.non_finite'] == '1'
+    engine.chunk_override = None  # the next good observation is published again
+    feed_observation(core, clock, T0 + 50 * MS, (1.0, 0.0, 0.0))
+    core.run_pending()
+    assert len(out.chunks) == 1 and core.tick().tolist() == [1.0, 0.0, 0.0]
+
+
+def test_non_finite_embedding_withholds_the_observation():
+    core, engine, out, clock = make()
+    finite_chunk = engine.infer
+    engine.infer = lambda obs: dataclasses.replace(
+        finite_chunk(obs), embedding=np.array([0.0, np.nan], dtype=np.float32))
+    feed_observation(core, clock, T0, (0.0, 0.0, 0.0))
+    core.run_pending()
+    assert out.embeddings == [] and out.chunks == []
+    assert core.drops.counts() == {'non_finite': 1}
+    assert 'embedding has 1 non-finite' in out.logs[-1][1]
+
+
+def test_non_finite_helper_checks_float32_range():
+    assert non_finite('x', np.array([1.0, -3e38])) == ''
+    assert 'has 1 non-finite' in non_finite('x', np.array([1.0, 1e39]))  # inf as float32
+    assert 'has 2 non-finite' in non_finite('x', [[np.nan], [np.inf]])
+
+
+def test_non_finite_refresh_is_dropped_and_the_cached_chunk_kept():
+    core, engine, out, clock = make(fusion='late')
+    feed_observation(core, clock, T0, (0.0, 0.0, 0.0))
+    core.run_pending()
+    engine.refresh = lambda *a, **k: np.full((H, 3), np.nan, dtype=np.float32)
+    clock.now = T0 + 20 * MS
+    core.on_pose(pose(T0 + 15 * MS, (5.0, 0.0, 0.0)))
+    action = core.tick()
+    assert action is not None and np.isfinite(action).all()
+    assert core.drops.counts().get('non_finite') == 1
+    assert all(np.isfinite(a).all() for _, a, _ in out.actions)
+
+
+def test_diagnostics_error_only_for_new_withheld_outputs():
     core, engine, out, clock = make()
     engine.chunk_override = np.full((H, 3), np.nan)
     feed_observation(core, clock, T0, (0.0, 0.0, 0.0))
     core.run_pending()
-    assert core.tick() is None and out.actions == []
-    report = core.publish_diagnostics()
-    assert report.message == 'no action: the model produced a non-finite action'
-    assert report.values['clamps.nonfinite'] == '1'
+    engine.chunk_override = None
+    feed_observation(core, clock, T0 + 50 * MS, (0.0, 0.0, 0.0))
+    core.run_pending()
+    core.tick()
+    first = core.publish_diagnostics()
+    assert first.level == ERROR and first.message.startswith('1 outputs withheld')
+    core.tick()
+    assert core.publish_diagnostics().level == OK
 
 
 def test_bad_image_and_bad_pose_are_counted_and_skipped():

@@ -411,3 +411,148 @@ def test_recorded_action_maps_twist_pose_and_chunk_names():
     chunk = rt.action_chunk_msg(S, ['gripper', 'dx'], 0.1, np.array([[0.5, -1.0]]), S)
     _, values = report.recorded_action(chunk, rt.ACTION_CHUNK, names, 0)
     assert values[0] == -1.0 and values[6] == 0.5 and np.isnan(values[1:6]).all()
+
+
+# --------------------------------------------------------------------- hostile bags and kills ---
+
+def test_a_gap_of_days_in_the_bag_clock_is_skipped_and_reported(tmp_path, checkpoint):
+    gap = 10**6 * S  # 11.6 days: ticking through it at 50 Hz would take 5e7 ticks
+    first = episode_messages(4)
+    later = [(t + gap, topic, msg) for t, topic, msg in episode_messages(4)]  # new objects
+    for _, topic, msg in later:  # stamps move with the log times
+        if topic == '/ee_pose' or topic == '/camera/image_raw':
+            msg.header.stamp.sec += gap // S
+    bag = write_bag(tmp_path / 'in', 'mcap', first + later, TOPICS)
+    config = node_config(checkpoint, 'control.control_rate_hz=50')
+    result = replay.replay(bag, config, make_engine(checkpoint), tmp_path / 'out')
+    assert result.status == 'complete'
+    gaps, counts = result.metrics['clock_gaps'], result.metrics['counts']
+    period = S // 50
+    last_before = max(t for t, *_ in first)
+    first_tick = -(-min(t for t, *_ in first) // period) * period
+    boundaries = (max(t for t, *_ in later) - first_tick) // period + 1
+    assert gaps['count'] == 1 and counts['ticks'] + gaps['skipped_ticks'] == boundaries
+    assert counts['ticks'] < 200 and gaps['longest_s'] == pytest.approx(
+        (min(t for t, *_ in later) - last_before) / S, abs=1.0)
+    outputs = read_outputs(tmp_path / 'out')
+    assert len(outputs['/vit_perception/action_chunk']) == 8
+    for _, action in outputs['/vit_perception/action']:  # never acted across the gap
+        data = rt.chunk_from_msg(action)
+        assert 0 <= data.stamp_ns - data.observation_stamp_ns <= 0.5 * S
+
+
+def test_no_gap_is_reported_for_an_ordinary_bag(tmp_path, checkpoint):
+    result = replay.replay(episode_bag(tmp_path / 'in'), node_config(checkpoint),
+                           make_engine(checkpoint), tmp_path / 'out')
+    assert result.metrics['clock_gaps'] == {'count': 0, 'skipped_ticks': 0, 'longest_s': 0.0}
+    assert result.metrics['output_messages'] == len(
+        [m for msgs in read_outputs(tmp_path / 'out').values() for m in msgs])
+
+
+class _CountingCore:
+    """Stands in for PerceptionCore in _Loop: counts ticks, sets `stop` at tick `stop_at`."""
+
+    def __init__(self, stop, stop_at):
+        self.stop, self.stop_at, self.ticks = stop, stop_at, 0
+        self.outputs = self
+
+    def tick(self):
+        self.ticks += 1
+        if self.ticks == self.stop_at:
+            self.stop.set()
+
+    def log(self, level, text):
+        pass
+
+    def run_pending(self):
+        pass
+
+    def publish_diagnostics(self):
+        pass
+
+    def on_pose(self, pose):
+        pass
+
+
+def test_a_signal_while_ticking_through_a_long_stretch_stops_within_64_ticks(checkpoint):
+    import threading
+
+    from vit_perception.drivers.bag import BagEvent
+
+    config = node_config(checkpoint, 'control.control_rate_hz=1000', 'sync.max_future=60',
+                         'sync.max_observation_age=60')  # 120 s = 120000 ticks without a skip
+    stop = threading.Event()
+    core = _CountingCore(stop, stop_at=10)
+    record = report.ReplayRecord(action_names=NAMES, dt=0.1, horizon=4)
+    loop = replay._Loop(config, core, replay.BagClock(), record, None, '', None, stop)
+    loop.handle(BagEvent('pose', T0, '/ee_pose', None))
+    loop.handle(BagEvent('pose', T0 + 100 * S, '/ee_pose', None))
+    assert stop.is_set() and 10 <= core.ticks < 10 + replay.SIGNAL_CHECK_TICKS
+    assert record.gaps == []
+
+
+KILLED_REPLAY = """
+import sys, time
+from vit_perception.core.engine import Engine
+from vit_perception.tools import cli
+infer = Engine.infer
+def slow_infer(self, obs):
+    time.sleep(0.01)  # a slower model, so the kill lands part-way
+    return infer(self, obs)
+Engine.infer = slow_infer
+sys.exit(cli.main(['replay', sys.argv[1], '--model', sys.argv[2], '--out', sys.argv[3],
+                   '--storage', sys.argv[4], '--set', 'engine.warmup_iters=0',
+                   '--set', 'engine.dtype=fp32', '--set', 'engine.device=cpu']))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_kill_9_keeps_every_message_up_to_the_last_checkpoint(tmp_path, checkpoint, storage):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from vit_perception.drivers.bag import _open_reader
+
+    bag = episode_bag(tmp_path / 'in', 'mcap', images=400)
+    out = tmp_path / 'out'
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    child = subprocess.Popen([sys.executable, '-c', KILLED_REPLAY, str(bag), str(checkpoint),
+                              str(out), storage], env=env, stderr=subprocess.PIPE)
+    storage_file = out / f'out.{"mcap" if storage == "mcap" else "db3"}'
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        if storage_file.exists() and storage_file.stat().st_size > 64 << 10:
+            break
+        time.sleep(0.01)
+    child.kill()  # SIGKILL: no handler, no close
+    child.wait()
+    child.stderr.close()
+    assert not (out / 'metadata.yaml').exists(), 'the replay finished before the kill'
+    reader = _open_reader(out)
+    try:
+        count = sum(1 for _ in reader.messages())
+        topics = {c.topic for c in reader.connections}
+    finally:
+        reader.close()
+    assert count > 0 and count % 200 == 0  # checkpoints every 200 messages
+    assert '/vit_perception/action_chunk' in topics
+
+
+def test_a_model_that_overflows_publishes_nothing_non_finite(tmp_path):
+    torch.manual_seed(0)
+    policy = build_policy(tiny_config())
+    with torch.no_grad():
+        policy.action_head[-1].weight.fill_(3e38)  # finite weights, infinite outputs
+    overflowing = save_checkpoint(policy, tmp_path / 'overflow')
+    bag = episode_bag(tmp_path / 'in', images=4)
+    result = replay.replay(bag, node_config(overflowing), make_engine(overflowing),
+                           tmp_path / 'out')
+    assert result.status == 'complete'
+    assert result.metrics['drops'] == {'non_finite': 4}
+    assert result.metrics['counts']['inferences'] == 0 and result.metrics['counts']['actions'] == 0
+    outputs = read_outputs(tmp_path / 'out')
+    assert sum(len(v) for v in outputs.values()) == 0

@@ -274,3 +274,63 @@ def test_bad_inputs_are_one_line_errors(bags, config_file, tmp_path, capsys):
     line = one_line_error(capsys, ['train', str(bags), '--out', str(tmp_path / 'x'),
                                    '--resume', str(tmp_path / 'empty')])
     assert 'trainer_state.json is missing' in line
+
+
+# ------------------------------------------------------------------------ output safety ---
+
+def test_out_at_a_file_fails_before_any_epoch(bags, config_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(dataset, 'load_episodes', lambda *a, **k: pytest.fail('data loaded'))
+    target = tmp_path / 'file'
+    target.write_text('not a directory')
+    line = one_line_error(capsys, ['train', str(bags), '--out', str(target),
+                                   '--config', str(config_file)])
+    assert line == f'vit-perception train: error: {target}: is a file; expected a checkpoint ' \
+        'directory to write'
+    assert target.read_text() == 'not a directory'
+
+
+def test_an_existing_checkpoint_is_kept_unless_overwrite(bags, config_file, tmp_path, capsys):
+    out = tmp_path / 'ckpt'
+    assert train_cli(bags, out, config_file, '--epochs', '1', '--seed', '1') == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    line = one_line_error(capsys, ['train', str(bags), '--out', str(out),
+                                   '--config', str(config_file), '--epochs', '1'])
+    assert line.endswith('holds a checkpoint already; choose a new directory or pass '
+                         '--overwrite')
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert train_cli(bags, out, config_file, '--epochs', '1', '--seed', '2',
+                     '--overwrite') == 0
+    after = weights(out)
+    assert not all(torch.equal(after[k], v) for k, v in weights_from(before).items())
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporary left
+
+
+def weights_from(files: dict) -> dict:
+    from safetensors.torch import load
+
+    return load(files['model.safetensors'])
+
+
+def test_a_failed_save_leaves_the_previous_files_and_no_temporary(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from vit_perception.config import tiny_config
+    from vit_perception.model import checkpoint
+    from vit_perception.model.policy import build_policy
+
+    policy = build_policy(tiny_config())
+    out = checkpoint.save_checkpoint(policy, tmp_path / 'ckpt')
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(state, filename, metadata=None):
+        Path(filename).write_bytes(b'partial')
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(safetensors.torch, 'save_file', disk_full)
+    with pytest.raises(OSError, match='No space left'):
+        checkpoint.save_checkpoint(policy, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(OSError, match='No space left'):
+        checkpoint.save_checkpoint(policy, tmp_path / 'new')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt']  # nothing half-made

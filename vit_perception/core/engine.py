@@ -19,7 +19,7 @@ from vit_perception.config import PolicyConfig
 from vit_perception.core.images import image_to_array
 from vit_perception.core.preprocess import Preprocessor
 from vit_perception.core.types import ActionChunkResult, ImageFrame, Observation, PoseSample
-from vit_perception.errors import CheckpointError, ImageError, PoseError
+from vit_perception.errors import CheckpointError, ConfigError, ImageError, PoseError
 from vit_perception.model.policy import VisionPosePolicy
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / 'data' / 'default_checkpoint'
@@ -31,7 +31,18 @@ def resolve_device(name: str = 'auto') -> torch.device:
     """'auto' -> cuda when present, else cpu."""
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f'engine.device={name!r}: expected auto, cpu, cuda or cuda:N') from None
+    if device.type == 'cuda' and not (torch.cuda.is_available()
+                                      and (device.index or 0) < torch.cuda.device_count()):
+        raise ConfigError(f'engine.device={name!r}: this machine has '
+                          f'{torch.cuda.device_count()} CUDA devices (torch {torch.__version__}); '
+                          'use engine.device=cpu or auto')
+    if device.type == 'mps' and not torch.backends.mps.is_available():
+        raise ConfigError(f'engine.device={name!r}: MPS is not available here; use cpu or auto')
+    return device
 
 
 def cpu_has_fast_bf16() -> bool:

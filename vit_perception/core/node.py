@@ -32,6 +32,19 @@ OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 
 # Normal in a latest-only pipeline (camera faster than the model): counted, never a warning.
 QUIET_DROPS = ('superseded', 'superseded_pending')
+# Withheld outputs: any of these since the last report makes /diagnostics an ERROR.
+ERROR_DROPS = ('non_finite',)
+
+
+def non_finite(name: str, values) -> str:
+    """'' when every value of `values` is finite as float32 (what the messages carry), else why."""
+    array = np.asarray(values, dtype=np.float64)
+    with np.errstate(over='ignore'):
+        finite = np.isfinite(array.astype(np.float32))
+    if finite.all():
+        return ''
+    return (f'{name} has {int(array.size - finite.sum())} non-finite (NaN/Inf or beyond float32) '
+            f'values of {array.size}: withheld')
 
 
 @dataclass
@@ -224,6 +237,12 @@ class PerceptionCore:
             if problem:
                 self._drop_locked('bad_output', 'error', problem, now)
                 return True
+            problem = (non_finite('embedding', result.embedding)
+                       or non_finite('action chunk', result.chunk))
+            if problem:
+                self._drop_locked('non_finite', 'error', f'observation {obs.stamp_ns} ns: '
+                                  f'{problem}', now)
+                return True
             self.scheduler.add_chunk(result.observation_stamp_ns, result.chunk)
             self._newest_obs_ns = max(self._newest_obs_ns or 0, result.observation_stamp_ns)
             self.latency.add_all(result.timings_ms)
@@ -261,6 +280,10 @@ class PerceptionCore:
                                                 observation_stamp_ns=chunk_stamp)
             except (PoseError, ValueError) as err:
                 self._count_and_log('refresh_error', 'warn', f'late-fusion refresh skipped: {err}')
+            problem = '' if refreshed is None else non_finite('refreshed chunk', refreshed)
+            if problem:
+                self._count_and_log('non_finite', 'error', f'late-fusion refresh: {problem}')
+                refreshed = None
         with self._lock:
             if pose is not None and epoch == self._epoch:
                 self._last_refresh = (chunk_stamp, pose.stamp_ns)  # tried: not again each tick
@@ -272,6 +295,10 @@ class PerceptionCore:
                 if scheduled is None:
                     reason = ('no action: the newest action chunk ends before now (horizon '
                               f'{self.scheduler.horizon} x dt {self.engine.dt} s)')
+            problem = '' if scheduled is None else non_finite('action', scheduled.action)
+            if problem:
+                self._drop_locked('non_finite', 'error', problem, now)
+                scheduled, reason = None, 'no action: the model produced a non-finite action'
             if scheduled is not None:
                 action = self.limiter.apply(scheduled.action)
                 if action is None:
@@ -334,8 +361,13 @@ class PerceptionCore:
                    if r not in QUIET_DROPS and n > self._drops_reported.get(r, 0)}
             self._drops_reported = drops
             values = self._diagnostic_values(now, drops, reason)
+        withheld = {r: n for r, n in new.items() if r in ERROR_DROPS}
         if reason:
             level, message = ERROR, reason
+        elif withheld:
+            level = ERROR
+            message = (f'{sum(withheld.values())} outputs withheld since the last report: '
+                       + ', '.join(f'{r} x{n}' for r, n in withheld.items()))
         elif new:
             level = WARN
             listed = ', '.join(f'{r} x{n}' for r, n in new.items())

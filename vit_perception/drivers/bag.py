@@ -237,6 +237,19 @@ def _open_reader(path: Path):
     return reader
 
 
+class _KeepOpen:
+    """A file proxy whose close() only flushes (rosbags' MCAP close() writes the summary)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def close(self) -> None:
+        self._stream.flush()
+
+
 def _listing(topics: dict[str, str]) -> str:
     return ', '.join(f'{name}: {msgtype}' for name, msgtype in sorted(topics.items())) or 'nothing'
 
@@ -274,11 +287,17 @@ class BagOutput:
     """A rosbag2 directory being written: `<dir>/<dir>.mcap` (or .db3) + metadata.yaml.
 
     `path` ending in .mcap / .db3 picks the storage and names the directory without the suffix.
-    The bag is readable once close() ran; use it as a context manager (closes on errors and
-    Ctrl-C too, keeping what was written).
+    Use it as a context manager (closes on errors and Ctrl-C too, keeping what was written).
+
+    Durable against kill -9: every `checkpoint_every` messages (and on `checkpoint()`) the
+    storage is made readable as it stands: sqlite3 commits its transaction; MCAP closes the
+    chunk and writes the summary and footer after it, which the next chunk overwrites. A killed
+    writer leaves the directory without metadata.yaml, which BagInput reads (the storage file
+    alone), holding every message up to the last checkpoint. Checkpoints depend only on the
+    message count, so the output stays byte-reproducible.
     """
 
-    def __init__(self, path: str | Path, storage: str = 'mcap'):
+    def __init__(self, path: str | Path, storage: str = 'mcap', checkpoint_every: int = 200):
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         path = Path(path)
@@ -293,6 +312,9 @@ class BagOutput:
         self.path = path
         self.storage = storage
         self.message_count = 0
+        self.durable_count = 0  # messages that survive a kill -9 (written before a checkpoint)
+        self._checkpoint_every = max(int(checkpoint_every), 1)
+        self._footer_at: int | None = None  # MCAP: offset of the provisional summary
         self._connections: dict[str, object] = {}
         self._writer = Writer(path, version=METADATA_VERSION, storage_plugin=plugins[storage])
         try:
@@ -328,12 +350,42 @@ class BagOutput:
             msg = ros_types.typestore().serialize_cdr(msg, connection.msgtype)
         self._writer.write(connection, int(log_time_ns), msg)
         self.message_count += 1
+        if self.message_count - self.durable_count >= self._checkpoint_every:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Make every message written so far survive a kill -9 (see the class docstring)."""
+        storage = self._writer.storage if self._writer is not None else None
+        if storage is None or self.durable_count == self.message_count:
+            return
+        if self.storage == 'sqlite3':
+            storage.conn.commit()
+        else:
+            self._truncate_provisional_summary()
+            storage.close_chunk()
+            self._footer_at = storage.bio.tell()
+            bio, storage.bio = storage.bio, _KeepOpen(storage.bio)
+            try:  # writes summary + footer, then "closes" (flushes) the file
+                storage.close(METADATA_VERSION, '')
+            finally:
+                storage.bio = bio
+        self.durable_count = self.message_count
+
+    def _truncate_provisional_summary(self) -> None:
+        if self._footer_at is not None:
+            bio = self._writer.storage.bio
+            bio.seek(self._footer_at)
+            bio.truncate()
+            self._footer_at = None
 
     def close(self) -> None:
         """Write the index and metadata.yaml; safe to call twice."""
+        if self._writer is not None and self.storage == 'mcap':
+            self._truncate_provisional_summary()
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+            self.durable_count = self.message_count
 
     @property
     def closed(self) -> bool:

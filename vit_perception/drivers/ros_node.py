@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vit_perception import errors
 from vit_perception.config import NODE_NAME, NodeConfig, flatten, set_dotted
 from vit_perception.core.types import ActionChunkResult, ImageFrame, PoseSample, from_ns, to_ns
 from vit_perception.errors import ConfigError, ImageError, VitPerceptionError
@@ -687,8 +688,10 @@ def main(args: list[str] | None = None, *, config: NodeConfig | None = None) -> 
         if node is not None and isinstance(err, RuntimeError) and not rclpy.ok():
             pass  # Ctrl-C shut the context down while the executor was building its wait set
         else:
-            print(f'perception_node: {" ".join(str(err).split())}', file=sys.stderr)
+            print(errors.one_line(f'perception_node: {err}'), file=sys.stderr)
             code = 1
+    except Exception as err:  # a bug: traceback to a log file, one line here
+        code = errors.report_crash('perception_node', err)
     finally:
         if node is not None:
             node.destroy_node()

@@ -2,7 +2,9 @@
 
 Each tool module exposes `add_arguments(parser)` and `run(args) -> int` and keeps heavy imports
 (torch, mujoco, cyclonedds) inside `run`, so `--help` is instant. Errors the user can fix are one
-line on stderr and exit code 2; Ctrl-C ends cleanly with exit code 0.
+line on stderr and exit code 2; Ctrl-C ends cleanly with exit code 0. main() is the one place
+that turns errors into that line (`errors.one_line`: one line, at most 500 bytes); an unexpected
+exception (a bug) writes its traceback to a log file and prints one line naming it (exit code 1).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 
 from vit_perception import __version__
-from vit_perception.errors import VitPerceptionError
+from vit_perception.errors import VitPerceptionError, one_line, report_crash
 
 COMMANDS = {
     'node': ('vit_perception.tools.node', 'run the perception node live (rclpy or ROS-wire DDS)'),
@@ -29,8 +32,23 @@ EXTRAS = {'cyclonedds': 'dds', 'rosbags': 'eval', 'mujoco': 'sim', 'matplotlib':
           'tqdm': 'eval', 'pyarrow': 'lerobot', 'av': 'lerobot'}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {one_line(message, 400)} (see {self.prog} --help)\n')
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Also refuses nan / inf for every number flag (type=float accepts them)."""
+        parsed, extra = super().parse_known_args(args, namespace)
+        for name, value in vars(parsed).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                self.error(f'--{name.replace("_", "-")} {value}: expected a finite number')
+        return parsed, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='vit-perception', description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog='vit-perception', description=__doc__.splitlines()[0])
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
     for name, (module_name, help_text) in COMMANDS.items():
@@ -47,12 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format='[%(levelname)s] [%(name)s]: %(message)s')
     try:
+        return run_command(args)
+    except Exception as err:  # a bug, not bad input: traceback to a file, one line here
+        return report_crash(f'vit-perception {args.command}', err)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the subcommand; every error the user can fix -> one line on stderr, exit code 2."""
+    try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print(f'vit-perception {args.command}: interrupted', file=sys.stderr)
         return 0
-    except VitPerceptionError as err:
-        print(f'vit-perception {args.command}: error: {err}', file=sys.stderr)
+    except (VitPerceptionError, OSError) as err:  # OSError: a file or device the user named
+        text = err if isinstance(err, VitPerceptionError) else _os_error_text(err)
+        print(one_line(f'vit-perception {args.command}: error: {text}'), file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
         extra = EXTRAS.get((err.name or '').split('.')[0])
@@ -61,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f'vit-perception {args.command}: error: needs {err.name!r}: install it with '
               f"pip install 'vit_perception[{extra}]'", file=sys.stderr)
         return 2
+
+
+def _os_error_text(err: OSError) -> str:
+    where = f'{err.filename}: ' if err.filename else ''
+    return f'{where}{err.strerror or err}'
 
 
 if __name__ == '__main__':

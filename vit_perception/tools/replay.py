@@ -10,6 +10,14 @@ each message, i.e. use_sim_time semantics) and threaded=False:
 Inference runs synchronously and takes no bag time, so the output depends only on the bag and the
 checkpoint: the same inputs give a byte-identical output bag on the same machine. Nothing in that
 path reads the wall clock; wall time is measured around it only for the latency/throughput report.
+
+Bounded work per message: a gap in the bag clock longer than the node could act across
+(`sync.max_observation_age + sync.max_future` after the last message) is skipped instead of
+ticked through: the ticks in it could publish nothing (every observation is stale by then). Gaps
+are counted in the report (`clock_gaps`). SIGINT/SIGTERM are checked between messages and every
+`SIGNAL_CHECK_TICKS` ticks. The output bag is made durable every 200 messages (BagOutput): after
+a kill -9 it holds every message up to the last checkpoint.
+
 The output bag holds the embeddings, chunks and per-tick actions (topics from the config);
 `--report DIR` adds metrics.json, plots and report.md (tools/report.py).
 """
@@ -26,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ACTION_TOPIC = '/expert/action'
+SIGNAL_CHECK_TICKS = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,11 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vit_perception.config import load_node_config
     from vit_perception.core.engine import Engine
+    from vit_perception.errors import ConfigError
 
     overrides = list(args.overrides)
     if args.model is not None:
         overrides.append(f'engine.model={args.model}')
     config = load_node_config(args.config, overrides)
+    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
+        raise ConfigError(f'--report {args.report}: is a file; expected a directory')
     bag_path = Path(args.bag)
     out = Path(args.out) if args.out else Path(f'{bag_path.name.split(".")[0]}_replay')
     from vit_perception.drivers.bag import BagInput  # check the bag before loading the model
@@ -245,10 +257,11 @@ def replay(bag_path, config, engine, out, *, storage: str = 'mcap',
         output = BagOutput(out, storage)
         outputs = BagOutputs(output, config, engine, clock, record, diagnostics, echo)
         core = PerceptionCore(config, timed, outputs, clock=clock, threaded=False)
-        loop = _Loop(config, core, clock, record, outputs, action_topic, action_type)
         start = time.perf_counter()
         try:
             with _stop_on_signals() as stop:
+                loop = _Loop(config, core, clock, record, outputs, action_topic, action_type,
+                             stop)
                 events = bag.events()
                 while not stop.is_set():
                     t0 = time.perf_counter()
@@ -260,7 +273,7 @@ def replay(bag_path, config, engine, out, *, storage: str = 'mcap',
                     loop.handle(event)
                     if bar is not None:
                         bar.update(1)
-                else:
+                if stop.is_set():
                     record.status = 'interrupted'
         except KeyboardInterrupt:
             record.status = 'interrupted'
@@ -295,14 +308,20 @@ def replay(bag_path, config, engine, out, *, storage: str = 'mcap',
 class _Loop:
     """Feeds one bag event at a time to the core, firing the timers due before it."""
 
-    def __init__(self, config, core, clock: BagClock, record, outputs, action_topic, action_type):
+    def __init__(self, config, core, clock: BagClock, record, outputs, action_topic, action_type,
+                 stop: threading.Event | None = None):
         from vit_perception.core.types import NS_PER_S
         from vit_perception.tools import report as reporting
 
         self.core = core
+        self.stop = stop or threading.Event()
+        # After this long without a message every tick is suppressed (the newest observation is
+        # stale), so a longer gap is skipped rather than ticked through.
+        self.period_ns = max(int(round(NS_PER_S / config.control.control_rate_hz)), 1)
+        self.idle_ns = int((config.sync.max_observation_age + config.sync.max_future)
+                           * NS_PER_S) + 2 * self.period_ns
         self.clock = clock
         self.record = record
-        self.period_ns = max(int(round(NS_PER_S / config.control.control_rate_hz)), 1)
         self.diag_ns = max(int(round(config.diagnostics_period * NS_PER_S)), 1)
         self.next_tick: int | None = None
         self.next_diag: int | None = None
@@ -321,6 +340,8 @@ class _Loop:
         elif t < self.clock.now_ns:  # log time went back (split bag): the core resets itself
             self.next_tick = -(-t // self.period_ns) * self.period_ns
             self.next_diag = t + self.diag_ns
+        elif t - self.clock.now_ns > self.idle_ns:
+            self._skip_gap(t)
         self._timers_before(t)
         self.clock.now_ns = t
         record.last_ns = t
@@ -351,9 +372,27 @@ class _Loop:
         if self.record.last_ns is not None:
             self._timers_before(self.record.last_ns + 1)
 
+    def _skip_gap(self, t: int) -> None:
+        """Tick up to `idle_ns` past the last message, then jump the timers to t (counted)."""
+        start = self.clock.now_ns
+        self._timers_before(start + self.idle_ns)
+        if self.stop.is_set():
+            return
+        skipped = max(-(-(t - self.next_tick) // self.period_ns), 0)  # boundaries < t
+        self.next_tick += skipped * self.period_ns
+        if self.next_diag < t:
+            self.next_diag += -(-(t - self.next_diag) // self.diag_ns) * self.diag_ns
+        self.record.gaps.append((start, t, int(skipped)))
+        self.core.outputs.log('warn', f'bag clock gap of {(t - start) / 1e9:.3f} s skipped '
+                              f'({skipped} control ticks without input not run)')
+
     def _timers_before(self, t: int) -> None:
         """Control ticks and diagnostics at boundaries < t, in time order (ticks first)."""
+        fired = 0
         while self.next_tick < t or self.next_diag < t:
+            fired += 1
+            if fired % SIGNAL_CHECK_TICKS == 0 and self.stop.is_set():
+                return
             if self.next_tick <= self.next_diag:
                 self.clock.now_ns = self.next_tick
                 self.next_tick += self.period_ns
@@ -405,7 +444,13 @@ def summary_text(result: ReplayResult) -> str:
     rtf = thr['real_time_factor']
     lines = [f'replay: {result.status}: {counts["inferences"]} inferences, {counts["actions"]} '
              f'actions over {m["bag_duration_s"]:.2f} s of bag'
-             + (f' ({rtf:.1f}x real time)' if rtf else '') + f' -> {result.out}']
+             + (f' ({rtf:.1f}x real time)' if rtf else '')
+             + f' -> {result.out} ({m.get("output_messages", 0)} messages written)']
+    gaps = m.get('clock_gaps') or {}
+    if gaps.get('count'):
+        lines.append(f'replay: {gaps["count"]} gaps in the bag clock skipped (longest '
+                     f'{gaps["longest_s"]:.1f} s, {gaps["skipped_ticks"]} idle control ticks '
+                     'not run)')
     if actions.get('available') and actions.get('tick'):
         base = actions.get('baseline') or {}
         lines.append(f'replay: action MAE {actions["tick"]["mae"]:.4f} (constant baseline '

@@ -104,6 +104,8 @@ class ReplayRecord:
     last_ns: int | None = None
     wall_s: dict[str, float] = field(default_factory=dict)  # 'total', 'engine', 'read', ...
     engine_calls: dict[str, int] = field(default_factory=dict)
+    # gaps in the bag clock skipped without ticking: (from, to, control ticks skipped)
+    gaps: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +221,11 @@ def compute_metrics(record: ReplayRecord) -> dict:
             'ticks': record.ticks,
             'actions': len(record.tick_times),
             'ticks_without_action': record.ticks - len(record.tick_times),
+        },
+        'clock_gaps': {
+            'count': len(record.gaps),
+            'skipped_ticks': sum(n for *_, n in record.gaps),
+            'longest_s': max(((b - a) / 1e9 for a, b, _ in record.gaps), default=0.0),
         },
         'drops': dict(sorted(record.drops.items())),
         'diagnostics': dict(sorted(record.diagnostics.items())),
@@ -405,7 +412,12 @@ def report_markdown(metrics: dict) -> str:
         f'published: {counts["actions"]}',
         f'- real-time factor: {_fmt(thr["real_time_factor"], ".1f")}x, replay throughput = '
         f'{_fmt(thr["replay_vs_engine_only"], ".1%")} of engine-only',
-        f'- drops: {", ".join(f"{k} {v}" for k, v in metrics["drops"].items()) or "none"}', '',
+        f'- drops: {", ".join(f"{k} {v}" for k, v in metrics["drops"].items()) or "none"}',
+        f'- clock gaps skipped: {metrics["clock_gaps"]["count"]} (longest '
+        f'{metrics["clock_gaps"]["longest_s"]:.1f} s, {metrics["clock_gaps"]["skipped_ticks"]} '
+        'ticks without input not run)',
+        f'- output bag: `{metrics.get("output_bag", "")}`, '
+        f'{metrics.get("output_messages", 0)} messages written', '',
         '## Actions vs recorded', '',
     ]
     if actions.get('available'):

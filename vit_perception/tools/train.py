@@ -60,9 +60,12 @@ class TrainOptions:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f'--epochs {self.epochs} --batch-size {self.batch_size}: expected '
                               'both >= 1')
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1:
+        if (not 0 < self.lr <= 10 or not 0 <= self.weight_decay <= 10
+                or not 0 <= self.warmup_fraction < 1):
             raise ConfigError(f'--lr {self.lr} --weight-decay {self.weight_decay}: expected '
-                              'lr > 0 and weight decay >= 0')
+                              'lr in (0, 10] and weight decay in [0, 10]')
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f'--val-fraction {self.val_fraction}: expected 0 <= f < 1')
         if self.augment_shift < 0:
             raise ConfigError(f'--augment-shift {self.augment_shift}: expected >= 0 pixels')
         if self.loss not in ('l1', 'mse'):
@@ -79,7 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='LeRobot datasets: YAML naming the camera, pose and action '
                         'features (default: observation.images.<camera>, observation.state '
                         'x y z qx qy qz qw, action)')
-    parser.add_argument('--out', default=None, help='output checkpoint directory')
+    parser.add_argument('--out', default=None, help='output checkpoint directory (a new one, '
+                        'or --overwrite, or the --resume directory)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace the checkpoint already in --out')
     parser.add_argument('--config', default=None,
                         help='policy config JSON (PolicyConfig layout; default: the shipped '
                         'tiny-ViT recipe)')
@@ -131,9 +137,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError('no bags given: expected BAG... (bags or directories of bags)')
     if not args.out:
         raise ConfigError('--out is required: the checkpoint directory to write')
+    check_output(args)  # before anything is loaded or trained
     summary = train_from_args(args)
     print(format_summary(summary))
     return 0
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """CheckpointError when --out is a file or holds a checkpoint (unless --overwrite, or it is
+    the --resume directory, which training continues in place)."""
+    from vit_perception.model.checkpoint import check_output_directory
+
+    out = Path(args.out)
+    same = bool(args.resume) and out.resolve() == Path(args.resume).resolve()
+    check_output_directory(out, overwrite=args.overwrite or same)
 
 
 def train_from_args(args: argparse.Namespace) -> dict:
@@ -285,7 +302,7 @@ def train(policy, episodes, options: TrainOptions, out: Path, *, resume: dict | 
         summary = _summary(policy, data, targets, train_idx, val_idx, episodes, train_eps,
                            val_eps, options, history, action_mean, time.perf_counter() - started,
                            action_topic, final=last)
-        save_checkpoint(policy, out, extra=summary)
+        save_checkpoint(policy, out, extra=summary, overwrite=True)  # checked by check_output
         save_trainer_state(out, optimizer if optimizer_state else None, {
             'epoch': epoch + 1, 'options': asdict(options), 'history': history,
             'train_episodes': [episodes[i].name for i in train_eps],
@@ -437,8 +454,11 @@ def _bar(total: int, initial: int, enabled: bool):
 # ------------------------------------------------------------------- trainer state files ---
 
 def save_trainer_state(directory: Path, optimizer, state: dict) -> None:
-    """trainer_state.json (+ optimizer.safetensors: AdamW tensors flattened by name)."""
+    """trainer_state.json (+ optimizer.safetensors: AdamW tensors flattened by name), each
+    written to a temporary file and renamed into place."""
     from safetensors.torch import save_file
+
+    from vit_perception.model.checkpoint import atomic_file, write_text_atomic
 
     directory = Path(directory)
     state = dict(state)
@@ -447,10 +467,11 @@ def save_trainer_state(directory: Path, optimizer, state: dict) -> None:
         tensors = {f'state.{index}.{key}': value.detach().cpu().contiguous()
                    for index, entry in opt['state'].items() for key, value in entry.items()}
         state['param_groups'] = opt['param_groups']
-        save_file(tensors, str(directory / OPTIMIZER_STATE))
+        with atomic_file(directory / OPTIMIZER_STATE) as tmp:
+            save_file(tensors, str(tmp))
     else:
         (directory / OPTIMIZER_STATE).unlink(missing_ok=True)
-    (directory / TRAINER_STATE).write_text(json.dumps(state, indent=2) + '\n')
+    write_text_atomic(directory / TRAINER_STATE, json.dumps(state, indent=2) + '\n')
 
 
 def load_trainer_state(directory: str | Path) -> dict:
@@ -518,6 +539,8 @@ def regenerate_default(args: argparse.Namespace) -> int:
         raise ConfigError('--regenerate-default uses the fixed recipe: drop BAG/--resume/'
                           '--config/--set/--pretrained')
     out = Path(args.out) if args.out else DEFAULT_CHECKPOINT
+    if args.out:  # the shipped checkpoint is this command's to replace; any other is not
+        check_output(args)
     with tempfile.TemporaryDirectory(prefix='vit_perception_demos_') as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         bags = work / 'demos'
