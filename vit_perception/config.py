@@ -280,6 +280,7 @@ def _require_positive(name: str, value: float) -> None:
 RELIABILITY = ('best_effort', 'reliable')
 CAMERA_TRANSPORTS = ('raw', 'compressed')
 DTYPES = ('auto', 'fp32', 'bf16', 'fp16')
+ENGINE_BACKENDS = ('auto', 'torch', 'openvino', 'onnxruntime')
 
 
 @dataclass
@@ -296,10 +297,18 @@ class EngineConfig:
     compile: bool = False
     # Forward passes run at load time so the first real message is not slow.
     warmup_iters: int = 3
+    # 'torch', 'openvino', 'onnxruntime' (ONNX graphs, pip extra `runtimes`), or 'auto': time
+    # every installed one during warm-up and keep the lowest p99.
+    backend: str = 'torch'
+    # Where the ONNX graphs are cached; '' = $XDG_CACHE_HOME/vit_perception/onnx.
+    cache_dir: str = ''
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ConfigError(f'engine.dtype={self.dtype!r}: expected one of {DTYPES}')
+        if self.backend not in ENGINE_BACKENDS:
+            raise ConfigError(f'engine.backend={self.backend!r}: expected one of '
+                              f'{ENGINE_BACKENDS}')
         if self.warmup_iters < 0:
             raise ConfigError(f'engine.warmup_iters={self.warmup_iters}: must be >= 0')
 
