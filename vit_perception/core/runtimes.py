@@ -25,14 +25,18 @@ BACKENDS = ('auto', 'torch') + RUNTIMES
 INSTALL_HINT = "pip install 'vit_perception[runtimes]'"
 
 
+def importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def installed_runtimes() -> list[str]:
     """The optional runtimes importable here, in RUNTIMES order."""
-    return [name for name in RUNTIMES if importlib.util.find_spec(name) is not None]
+    return [name for name in RUNTIMES if importable(name)]
 
 
 def require_runtime(name: str) -> None:
     """One-line ConfigError when runtime `name` is not installed."""
-    if name in RUNTIMES and importlib.util.find_spec(name) is None:
+    if name in RUNTIMES and not importable(name):
         raise ConfigError(f'engine.backend={name} needs the {name!r} package, which is not '
                           f'installed: {INSTALL_HINT}, or set engine.backend=torch')
 
