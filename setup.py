@@ -14,8 +14,8 @@ DDS = ['cyclonedds==11.0.1', 'rosbags>=0.10,<0.12']
 EVAL = ['rosbags>=0.10,<0.12', 'matplotlib>=3.7', 'tqdm>=4.60']
 SIM = ['mujoco>=3.1,<5']
 # tested: openvino 2026.4.1, onnxruntime 1.32.0, onnx 1.23.2, onnxscript 0.7.2 (torch's exporter)
-RUNTIMES = ['openvino>=2026.0,<2027', 'onnxruntime>=1.30,<1.33', 'onnx>=1.20,<1.24',
-            'onnxscript>=0.6,<0.8']
+RUNTIMES = ['openvino>=2026.4,<2027', 'onnxruntime>=1.32,<1.33', 'onnx>=1.23,<1.24',
+            'onnxscript>=0.7,<0.8']
 TEST = ['pytest>=8', 'pytest-timeout>=2.2', 'hypothesis>=6.100', 'ruff>=0.5', 'pillow>=10',
         'psutil>=5.9']
 

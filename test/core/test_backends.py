@@ -124,7 +124,7 @@ def test_unwritable_cache_dir_is_a_config_error(tmp_path):
 
 def test_missing_runtime_is_one_line_with_the_extra(monkeypatch):
     monkeypatch.setattr(runtimes, 'importable', lambda module: False)
-    with pytest.raises(ConfigError, match=r"vit_perception\[runtimes\]"):
+    with pytest.raises(ConfigError, match=r'vit_perception\[runtimes\]'):
         engine(backend='openvino')
     assert runtimes.installed_runtimes() == []
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -133,6 +134,10 @@ def cached_graphs(policy: VisionPosePolicy, dtype: str = 'fp32',
 
 def export_graphs(policy: VisionPosePolicy, dtype: str, outputs: dict[str, Path]) -> None:
     """Write the named graphs ('policy', 'refresh') to their paths, each atomically."""
+    for module in ('onnx', 'onnxscript'):  # what torch's dynamo exporter needs
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f'exporting to ONNX needs the {module!r} package, which is not '
+                              "installed: pip install 'vit_perception[runtimes]'")
     if 'refresh' in outputs and policy.config.fusion.mode != 'late':
         raise ConfigError('the refresh graph exists only for late fusion (fusion.mode: late)')
     graph = graph_policy(policy, dtype)
