@@ -22,6 +22,7 @@ COMMANDS = {
     'train': ('vit_perception.tools.train', 'behavior cloning from recorded bags'),
     'demo': ('vit_perception.tools.demo', 'closed-loop sim + node with the shipped checkpoint'),
     'bench': ('vit_perception.tools.bench', 'naive HF pipeline vs engine, same run'),
+    'export': ('vit_perception.tools.export', 'write a checkpoint as ONNX for other runtimes'),
 }
 
 EXTRAS = {'cyclonedds': 'dds', 'rosbags': 'eval', 'mujoco': 'sim', 'matplotlib': 'eval',
