@@ -47,6 +47,11 @@ def resolve_device(name: str = 'auto') -> torch.device:
     return torch.device(name)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bf16' (the names of engine.dtype)."""
+    return {value: key for key, value in DTYPES.items()}.get(dtype, str(dtype))
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX)."""
     try:
