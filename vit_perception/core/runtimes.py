@@ -117,6 +117,9 @@ class OpenVinoSession:
         config = {
             'PERFORMANCE_HINT': 'LATENCY',
             'NUM_STREAMS': 1,
+            # Pinned threads wait for their core when another process holds it (measured:
+            # p99 several times higher on a shared CPU, README "Thread policy").
+            'ENABLE_CPU_PINNING': False,
             # Explicit: OpenVINO picks bf16 by itself on AMX CPUs, even for an fp32 engine.
             'INFERENCE_PRECISION_HINT': 'bf16' if self.precision == 'bf16' else 'f32',
         }
