@@ -193,3 +193,19 @@ def test_auto_without_runtimes_uses_torch_and_says_so_once(monkeypatch, caplog):
     assert [e.backend for e in engines] == ['torch', 'torch']
     said = [r.getMessage() for r in caplog.records if 'engine.backend auto' in r.getMessage()]
     assert len(said) == 1 and 'using torch' in said[0] and 'runtimes' in said[0]
+
+
+@pytest.mark.parametrize('preset, expected', [(None, 'PASSIVE'), ('ACTIVE', 'ACTIVE')])
+def test_openmp_threads_sleep_unless_the_user_chose(preset, expected):
+    """Set before torch loads (libgomp reads it once); a user's own setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_WAIT_POLICY'}
+    if preset:
+        env['OMP_WAIT_POLICY'] = preset
+    out = subprocess.run([sys.executable, '-c', 'import os, vit_perception, torch; '
+                          'print(os.environ["OMP_WAIT_POLICY"])'], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == expected
