@@ -209,3 +209,17 @@ def test_openmp_threads_sleep_unless_the_user_chose(preset, expected):
                           'print(os.environ["OMP_WAIT_POLICY"])'], env=env, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+@pytest.mark.skipif('onnxruntime' not in runtimes.installed_runtimes(),
+                    reason='onnxruntime is not installed')
+def test_onnxruntime_uses_tensorrt_and_cuda_providers_only_for_a_cuda_device(monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, 'get_available_providers', lambda: [
+        'TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider'])
+    assert runtimes.ort_providers('cuda:0') == [
+        'TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']
+    assert runtimes.ort_providers('cpu') == ['CPUExecutionProvider']
+    monkeypatch.setattr(ort, 'get_available_providers', lambda: ['CPUExecutionProvider'])
+    assert runtimes.ort_providers('cuda') == ['CPUExecutionProvider']
