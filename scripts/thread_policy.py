@@ -1,7 +1,11 @@
 """Measure thread settings of torch, ONNX Runtime and OpenVINO, quiet and under CPU contention.
 
     python3 scripts/thread_policy.py --size small --iters 30 --load 2
-    OMP_WAIT_POLICY=PASSIVE python3 scripts/thread_policy.py ...   # libgomp: sleep, don't spin
+    OMP_WAIT_POLICY=PASSIVE python3 scripts/thread_policy.py ...   # libgomp threads sleep
+    python3 scripts/thread_policy.py --only torch --load 0          # one side of a process A/B
+
+torch loads here before vit_perception (which sets OMP_WAIT_POLICY=PASSIVE), so without the
+variable libgomp's own default applies: threads spin a while before they sleep.
 
 Model only (the policy graph on preprocessed pixels), fp32, all variants alternating in one
 process, then again with N busy-loop processes (the bench's `busy_load`). The engine's defaults
@@ -29,6 +33,7 @@ def main() -> None:
     parser.add_argument('--iters', type=int, default=30)
     parser.add_argument('--load', type=int, default=2)
     parser.add_argument('--cache-dir', default='')
+    parser.add_argument('--only', choices=['torch', 'ort', 'ov'], help='one library only')
     args = parser.parse_args()
 
     policy = load_policy('', args.size, 'early', 1)
@@ -63,6 +68,8 @@ def main() -> None:
             ort_call(threads, False))
         calls[f'ov threads={threads} pinned'] = ov_call(threads, True)
         calls[f'ov threads={threads} unpinned'] = ov_call(threads, False)
+    calls = {name: call for name, call in calls.items()
+             if args.only is None or name.startswith(args.only)}
     for call in calls.values():  # warm-up
         call()
         call()
@@ -73,8 +80,10 @@ def main() -> None:
         return (time.perf_counter() - start) * 1e3
 
     quiet = runtimes.measure_backends(timed, list(calls), args.iters)
-    with busy_load(args.load, seconds=1800):
-        loaded = runtimes.measure_backends(timed, list(calls), args.iters)
+    loaded = quiet
+    if args.load:
+        with busy_load(args.load, seconds=1800):
+            loaded = runtimes.measure_backends(timed, list(calls), args.iters)
     print(f'ViT-{args.size[0].upper()}/16 224 early fusion, model only, fp32, {args.iters} '
           f'alternating iterations, {cores} cores, OMP_WAIT_POLICY='
           f'{os.environ.get("OMP_WAIT_POLICY", "(unset)")}')
