@@ -423,7 +423,7 @@ def format_report(report: dict) -> str:
             row += (f"{c['loaded_total_ms']['p50']:>15.1f}{c['loaded_total_ms']['p99']:>8.1f}"
                     f"{c['loaded_p99_over_quiet_p50']:>15.2f}")
         lines.append(row)
-    peak = ', '.join(f'{k} {v:.0f}' for k, v in report['matmul_peak_gflops'].items())
+    peak = ', '.join(f'{k} {v:.3g}' for k, v in report['matmul_peak_gflops'].items())
     lines += ['', f"model: {report['model_gflop']:.2f} GFLOP per observation; matmul peak in "
                   f'this run: {peak} GFLOP/s (% peak: against the peak of the precision)']
     if 'speedup_p50' in report:
