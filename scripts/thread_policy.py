@@ -85,14 +85,23 @@ def main() -> None:
         with busy_load(args.load, seconds=1800):
             loaded = runtimes.measure_backends(timed, list(calls), args.iters)
     print(f'ViT-{args.size[0].upper()}/16 224 early fusion, model only, fp32, {args.iters} '
-          f'alternating iterations, {cores} cores, OMP_WAIT_POLICY='
-          f'{os.environ.get("OMP_WAIT_POLICY", "(unset)")}')
+          f'alternating iterations, {cores} cores, OMP_WAIT_POLICY when torch loaded: '
+          f'{wait_policy_at_start()}')
     print(f"{'variant':<26}{'quiet p50':>10}{'p99':>8}{f'load {args.load}: p50':>15}{'p99':>8}"
           f"{'p99/quiet p50':>15}")
     for name in calls:
         q50, q99 = np.percentile(quiet[name], [50, 99])
         l50, l99 = np.percentile(loaded[name], [50, 99])
         print(f'{name:<26}{q50:>10.1f}{q99:>8.1f}{l50:>15.1f}{l99:>8.1f}{l99 / q50:>15.2f}')
+
+
+def wait_policy_at_start() -> str:
+    """OMP_WAIT_POLICY as this process started (vit_perception's import sets it later)."""
+    with open('/proc/self/environ', 'rb') as f:
+        for entry in f.read().split(b'\0'):
+            if entry.startswith(b'OMP_WAIT_POLICY='):
+                return entry.split(b'=', 1)[1].decode()
+    return '(unset: libgomp spins a while, then sleeps)'
 
 
 if __name__ == '__main__':
