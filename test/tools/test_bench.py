@@ -44,6 +44,8 @@ def test_bench_compares_every_backend_quiet_and_under_load(checkpoint, tmp_path,
         assert c['gflops'] == pytest.approx(report['model_gflop'] / (c['model_ms']['p50'] / 1e3))
         assert c['percent_of_peak'] == pytest.approx(100 * c['gflops'] / peak['fp32'])
         assert c['loaded_total_ms']['p50'] <= c['loaded_total_ms']['p99']
+    for name in names[1:]:  # every backend computes what the torch engine computes
+        assert report['contenders'][name]['chunk_max_abs_diff_vs_torch'] < 1e-5
         assert c['loaded_p99_over_quiet_p50'] == pytest.approx(c['loaded_total_ms']['p99']
                                                                / c['total_ms']['p50'])
     engines = names[1:]

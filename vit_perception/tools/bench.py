@@ -169,6 +169,11 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
                                      for name, engine in engines.items()}}
     contenders = {name: _contender(quiet[name], loaded and loaded[name], precisions[name],
                                    flops, peak) for name in calls}
+    if 'torch' in engines:  # parity on the benchmarked input: each backend vs the torch engine
+        reference = engines['torch'].infer(obs).chunk
+        for name, engine in engines.items():
+            difference = np.abs(engine.infer(obs).chunk - reference).max()
+            contenders[name]['chunk_max_abs_diff_vs_torch'] = float(difference)
     naive_stats = _summarize(quiet['naive'])
     report = {
         'device': str(dev),
@@ -410,7 +415,7 @@ def format_report(report: dict) -> str:
         lines += _stage_table(report) + ['']
     load = report['load']
     header = (f"{'contender':<13}{'precision':>10}{'p50 ms':>9}{'p99 ms':>9}{'model p50':>11}"
-              f"{'e2e/model':>11}{'GFLOP/s':>9}{'% peak':>8}")
+              f"{'e2e/model':>11}{'GFLOP/s':>9}{'% peak':>8}{'|diff|':>9}")
     if load:
         header += f"{f'load {load}: p50':>15}{'p99':>8}{'p99/quiet p50':>15}"
     lines.append(header)
@@ -418,14 +423,16 @@ def format_report(report: dict) -> str:
         row = (f"{name:<13}{c['precision']:>10}{c['total_ms']['p50']:>9.1f}"
                f"{c['total_ms']['p99']:>9.1f}{c['model_ms']['p50']:>11.1f}"
                f"{c['end_to_end_over_model']:>11.3f}{c['gflops']:>9.0f}"
-               f"{c['percent_of_peak']:>8.0f}")
+               f"{c['percent_of_peak']:>8.0f}"
+               f"{c.get('chunk_max_abs_diff_vs_torch', float('nan')):>9.1e}")
         if load:
             row += (f"{c['loaded_total_ms']['p50']:>15.1f}{c['loaded_total_ms']['p99']:>8.1f}"
                     f"{c['loaded_p99_over_quiet_p50']:>15.2f}")
         lines.append(row)
     peak = ', '.join(f'{k} {v:.3g}' for k, v in report['matmul_peak_gflops'].items())
     lines += ['', f"model: {report['model_gflop']:.2f} GFLOP per observation; matmul peak in "
-                  f'this run: {peak} GFLOP/s (% peak: against the peak of the precision)']
+                  f'this run: {peak} GFLOP/s (% peak: against the peak of the precision; '
+                  '|diff|: max |chunk - torch engine chunk| on the benchmarked input)']
     if 'speedup_p50' in report:
         lines.append(f"naive -> torch engine speed-up (median end-to-end): "
                      f"{report['speedup_p50']:.2f}x (p99: {report['speedup_p99']:.2f}x), "
