@@ -114,11 +114,9 @@ class Engine:
         # refresh on another thread never sees tokens of one observation with another's stamp.
         # A torch tensor on the torch path, a numpy array on a runtime's.
         self._image_tokens: tuple[int, torch.Tensor | np.ndarray] | None = None
-        self.backend = backend
-        if backend == 'auto':
-            self.backend = self._choose_backend(warmup_iters, warmup_frames)
-        else:
-            self.use_backend(backend)
+        self.backend = 'torch'
+        self.use_backend(self._choose_backend(warmup_iters, warmup_frames)
+                         if backend == 'auto' else backend)
         self.warmup(warmup_iters, warmup_frames)
 
     def _build_runtimes(self, policy: VisionPosePolicy, backend: str, cache_dir: str | Path,
@@ -164,7 +162,7 @@ class Engine:
         """`auto`: warm every backend, time them alternating, keep the lowest p99; log once."""
         names = self.available_backends
         if len(names) == 1:
-            return self._use_and_return('torch')
+            return 'torch'
         obs = self._warmup_observation(frames)
         for name in names:  # untimed: first calls compile, allocate and page in
             self.use_backend(name)
@@ -180,11 +178,7 @@ class Engine:
         log.info('engine.backend auto: chose %s (p99 ms over %d alternating passes: %s)', chosen,
                  len(samples[chosen]), ', '.join(f'{n} {v:.1f}' for n, v in p99_ms.items()))
         self._runtimes = {chosen: self._runtimes[chosen]} if chosen in self._runtimes else {}
-        return self._use_and_return(chosen)
-
-    def _use_and_return(self, name: str) -> str:
-        self.use_backend(name)
-        return name
+        return chosen
 
     @classmethod
     def from_checkpoint(cls, path: str | Path = '', **kwargs) -> Engine:
