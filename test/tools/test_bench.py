@@ -74,14 +74,14 @@ def test_busy_loops_end_by_themselves_after_their_bound():
 def test_target_lines_say_met_or_not_from_the_numbers():
     targets = {'chosen': 'openvino', 'fastest_peer': 'torch',
                'chosen_p50_over_fastest_peer_p50': 0.9, 'chosen_percent_of_bf16_peak': 70.0,
-               'chosen_percent_of_own_peak': 70.0, 'cpu_native_bf16': True,
+               'chosen_percent_of_own_peak': 70.0, 'native_bf16': True,
                'loaded_p99_over_quiet_p50': 3.5, 'end_to_end_over_model': 1.05}
     text = '\n'.join(bench._target_lines(targets))
     assert '0.90x (target <= 1: met)' in text
     assert '70 % (target >= 75 %: NOT met)' in text
     assert '3.50x (target <= 3: NOT met)' in text
     assert '1.050x (target <= 1.15: met)' in text
-    no_bf16 = '\n'.join(bench._target_lines({**targets, 'cpu_native_bf16': False}))
+    no_bf16 = '\n'.join(bench._target_lines({**targets, 'native_bf16': False}))
     assert 'no native bf16' in no_bf16 and 'target >= 75' not in no_bf16
 
 

@@ -181,7 +181,7 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
         'torch_threads': torch.get_num_threads(),
         'threads': threads,
         'engine_dtype': dtype_name(engine_dtype),
-        'cpu_native_bf16': cpu_has_fast_bf16(),
+        'native_bf16': dev.type == 'cuda' or cpu_has_fast_bf16(),
         'compile': compile,
         'model': model or f'random-init ViT-{size[0].upper()}/16 224',
         'fusion': fusion,
@@ -203,7 +203,7 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
             'achieved_gflops': {'naive_fp32': contenders['naive']['gflops'],
                                 'engine': contenders['torch']['gflops']},
         })
-    report['targets'] = _targets(contenders, list(engines), peak, report['cpu_native_bf16'])
+    report['targets'] = _targets(contenders, list(engines), peak, report['native_bf16'])
     return report
 
 
@@ -280,7 +280,7 @@ def _targets(contenders: dict, engines: list[str], peak: dict, native_bf16: bool
         'chosen': chosen,
         'chosen_percent_of_bf16_peak': 100.0 * mine['gflops'] / peak['bf16'],
         'chosen_percent_of_own_peak': mine['percent_of_peak'],
-        'cpu_native_bf16': native_bf16,
+        'native_bf16': native_bf16,
         'end_to_end_over_model': mine['end_to_end_over_model'],
     }
     if peers:
@@ -473,11 +473,11 @@ def _target_lines(targets: dict) -> list[str]:
         lines.append(f"  quiet p50 vs the fastest peer ({targets['fastest_peer']}): {ratio:.2f}x "
                      f'(target <= 1: {verdict(ratio <= 1.0)})')
     pct = targets['chosen_percent_of_bf16_peak']
-    if targets['cpu_native_bf16']:
+    if targets['native_bf16']:
         lines.append(f'  achieved / bf16 matmul peak: {pct:.0f} % (target >= 75 %: '
                      f'{verdict(pct >= 75)})')
     else:
-        lines.append(f'  achieved / bf16 matmul peak: n/a, this CPU has no native bf16 (its '
+        lines.append(f'  achieved / bf16 matmul peak: n/a, no native bf16 on this device (its '
                      f"bf16 matmul is emulated); / its own precision's peak: "
                      f"{targets['chosen_percent_of_own_peak']:.0f} %")
     if 'loaded_p99_over_quiet_p50' in targets:
