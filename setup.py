@@ -14,6 +14,9 @@ DDS = ['cyclonedds==11.0.1', 'rosbags>=0.10,<0.12']
 EVAL = ['rosbags>=0.10,<0.12', 'matplotlib>=3.7', 'tqdm>=4.60']
 SIM = ['mujoco>=3.1,<5']
 LEROBOT = ['pyarrow>=21,<27', 'av>=14,<19']  # tested: pyarrow 26.0.1, av 18.1.0 (LeRobot v3.0 I/O)
+# tested: openvino 2026.4.1, onnxruntime 1.32.0, onnx 1.23.2, onnxscript 0.7.2 (torch's exporter)
+RUNTIMES = ['openvino>=2026.4,<2027', 'onnxruntime>=1.32,<1.33', 'onnx>=1.23,<1.24',
+            'onnxscript>=0.7,<0.8']
 TEST = ['pytest>=8', 'pytest-timeout>=2.2', 'hypothesis>=6.100', 'ruff>=0.5', 'pillow>=10',
         'psutil>=5.9']
 
@@ -36,7 +39,8 @@ setup(
         'eval': EVAL,
         'sim': SIM,
         'lerobot': LEROBOT,
-        'test': sorted(set(DDS + EVAL + SIM + LEROBOT + TEST)),
+        'runtimes': RUNTIMES,
+        'test': sorted(set(DDS + EVAL + SIM + LEROBOT + RUNTIMES + TEST)),
     },
     entry_points={'console_scripts': ['vit-perception=vit_perception.tools.cli:main']},
 )

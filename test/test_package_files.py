@@ -27,7 +27,8 @@ DEFAULTS = flatten(dataclasses.asdict(NodeConfig()))
 # Python module -> rosdep key, where they differ.
 ROSDEP_KEYS = {'tf2_ros': 'tf2_ros_py', 'numpy': 'python3-numpy', 'cv2': 'python3-opencv',
                'yaml': 'python3-yaml', 'pytest': 'python3-pytest'}
-PIP_ONLY = {'torch', 'transformers', 'safetensors'}  # no rosdep keys: README says pip install
+PIP_ONLY = {'torch', 'transformers', 'safetensors',  # no rosdep keys: README says pip install
+            'openvino', 'onnxruntime', 'onnx'}  # the optional extra `runtimes`
 
 
 def read(relative: str) -> str:

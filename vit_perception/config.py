@@ -402,6 +402,7 @@ MAX_CONTROL_RATE_HZ = 1000.0
 MAX_PERIOD_S = 3600.0
 MAX_AGE_S = 60.0
 MAX_CONFIG_FILE_BYTES = 1 << 20
+ENGINE_BACKENDS = ('auto', 'torch', 'openvino', 'onnxruntime')
 
 
 @dataclass
@@ -418,10 +419,18 @@ class EngineConfig:
     compile: bool = False
     # Forward passes run at load time so the first real message is not slow.
     warmup_iters: int = 3
+    # 'torch', 'openvino', 'onnxruntime' (ONNX graphs, pip extra `runtimes`), or 'auto': time
+    # every installed one during warm-up and keep the lowest p99.
+    backend: str = 'torch'
+    # Where the ONNX graphs are cached; '' = $XDG_CACHE_HOME/vit_perception/onnx.
+    cache_dir: str = ''
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ConfigError(f'engine.dtype={self.dtype!r}: expected one of {DTYPES}')
+        if self.backend not in ENGINE_BACKENDS:
+            raise ConfigError(f'engine.backend={short_repr(self.backend)}: expected one of '
+                              f'{ENGINE_BACKENDS}')
         if not 0 <= self.warmup_iters <= 100_000:
             raise ConfigError(f'engine.warmup_iters={self.warmup_iters}: expected 0..100000')
         if not DEVICE_PATTERN.fullmatch(self.device):

@@ -4,10 +4,15 @@ decode (zero-copy views) -> preprocess on the device -> ViT with pose tokens -> 
 `torch.inference_mode`, in fp32/bf16/fp16, optionally `torch.compile`d, warmed up at load time.
 Per-stage timings come with every result. Late fusion caches the image tokens of the last
 observation so `refresh` can re-run only the pose part with a newer pose (control rate).
+
+Backends (`engine.backend`): `torch` runs the policy module; `openvino` / `onnxruntime` run its
+ONNX graphs (`model/onnx_graphs.py`, cached per checkpoint and dtype) after the same torch
+preprocessing; `auto` times every installed one during warm-up and keeps the lowest p99.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,15 +21,23 @@ import numpy as np
 import torch
 
 from vit_perception.config import PolicyConfig
+from vit_perception.core import runtimes
 from vit_perception.core.images import image_to_array
 from vit_perception.core.preprocess import Preprocessor
 from vit_perception.core.types import ActionChunkResult, ImageFrame, Observation, PoseSample
 from vit_perception.errors import CheckpointError, ConfigError, ImageError, PoseError
+from vit_perception.model.onnx_graphs import cached_graphs
 from vit_perception.model.policy import VisionPosePolicy
+from vit_perception.model.pose import pose_features
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / 'data' / 'default_checkpoint'
 STAGES = ('decode', 'upload', 'preprocess', 'encode', 'fuse', 'heads', 'total')
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+# `engine.backend: auto` times each installed backend over at least this many alternating passes.
+AUTO_MIN_ITERS = 10
+_said_torch_only = False  # `auto` without the optional runtimes says so once per process
 
 
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -43,6 +56,11 @@ def resolve_device(name: str = 'auto') -> torch.device:
     if device.type == 'mps' and not torch.backends.mps.is_available():
         raise ConfigError(f'engine.device={name!r}: MPS is not available here; use cpu or auto')
     return device
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bf16' (the names of engine.dtype)."""
+    return {value: key for key, value in DTYPES.items()}.get(dtype, str(dtype))
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -69,17 +87,26 @@ class Engine:
 
     def __init__(self, policy: VisionPosePolicy, *, device: str = 'auto', dtype: str = 'auto',
                  compile: bool = False, warmup_iters: int = 3,
-                 warmup_frames: Sequence[ImageFrame] | None = None):
+                 warmup_frames: Sequence[ImageFrame] | None = None, backend: str = 'torch',
+                 cache_dir: str | Path = '', runtime_threads: int = 0):
+        if backend not in runtimes.BACKENDS:
+            raise ConfigError(f'engine.backend={backend!r}: expected one of {runtimes.BACKENDS}')
         self.config: PolicyConfig = policy.config
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        # Built from the policy before it is cast: the ONNX graphs are exported in fp32 (the
+        # runtimes apply their own precision: OpenVINO's bf16 hint follows engine.dtype).
+        self._runtimes = self._build_runtimes(policy, backend, cache_dir, runtime_threads)
+        self.runtime: runtimes.RuntimeGraphs | None = None  # None = the torch path
         stats = policy.normalization()
         self.policy = policy.to(self.device, self.dtype).eval()
         # Normalization stays fp32 whatever the model dtype (pose positions need the precision).
         self.policy.pose_tokenizer.normalizer.float()
         self.policy.action_normalizer.float()
         self.policy.set_normalization(stats)
-        self.preprocessor = Preprocessor(self.config.preprocess, self.device, self.dtype)
+        # The runtimes take fp32 pixels; the torch path casts them to self.dtype.
+        self.preprocessor = Preprocessor(self.config.preprocess, self.device,
+                                         self.dtype if backend == 'torch' else torch.float32)
         self._encode_early = self.policy.early_features
         self._encode_images = self.policy.encode_images
         self._fuse = self.policy.fuse
@@ -96,8 +123,73 @@ class Engine:
             self._fuse = torch.compile(self._fuse, dynamic=False)
         # Late fusion cache: (observation stamp, image tokens (1, N * T, D)), replaced whole so a
         # refresh on another thread never sees tokens of one observation with another's stamp.
-        self._image_tokens: tuple[int, torch.Tensor] | None = None
+        # A torch tensor on the torch path, a numpy array on a runtime's.
+        self._image_tokens: tuple[int, torch.Tensor | np.ndarray] | None = None
+        self.backend = 'torch'
+        self.use_backend(self._choose_backend(warmup_iters, warmup_frames)
+                         if backend == 'auto' else backend)
         self.warmup(warmup_iters, warmup_frames)
+
+    def _build_runtimes(self, policy: VisionPosePolicy, backend: str, cache_dir: str | Path,
+                        threads: int) -> dict[str, runtimes.RuntimeGraphs]:
+        """{name: RuntimeGraphs} for the runtime `backend` names, or every installed one."""
+        global _said_torch_only
+        if backend == 'torch':
+            return {}
+        if backend == 'auto':
+            names = runtimes.installed_runtimes()
+            if self.device.type != 'cpu':  # OpenVINO runs on the CPU only
+                names = [name for name in names if name != 'openvino']
+            if not names:
+                if not _said_torch_only:
+                    log.info('engine.backend auto: no optional runtime installed (%s for '
+                             'OpenVINO and ONNX Runtime); using torch',
+                             runtimes.INSTALL_HINT)
+                    _said_torch_only = True
+                return {}
+        else:
+            runtimes.require_runtime(backend)
+            names = [backend]
+        paths = cached_graphs(policy, 'fp32', cache_dir)
+        bf16 = self.dtype == torch.bfloat16
+        return {name: runtimes.RuntimeGraphs(name, paths, device=str(self.device), bf16=bf16,
+                                             threads=threads) for name in names}
+
+    def use_backend(self, name: str) -> None:
+        """Run `name` ('torch' or a runtime built at construction) from now on."""
+        if name != 'torch' and name not in self._runtimes:
+            raise ConfigError(f'engine backend {name!r} was not built; built: '
+                              f"{['torch', *self._runtimes]}")
+        self.runtime = self._runtimes.get(name)
+        self.backend = name
+        self._image_tokens = None
+
+    @property
+    def available_backends(self) -> list[str]:
+        """'torch' and the runtimes built at construction."""
+        return ['torch', *self._runtimes]
+
+    def _choose_backend(self, iters: int, frames: Sequence[ImageFrame] | None) -> str:
+        """`auto`: warm every backend, time them alternating, keep the lowest p99; log once."""
+        names = self.available_backends
+        if len(names) == 1:
+            return 'torch'
+        obs = self._warmup_observation(frames)
+        for name in names:  # untimed: first calls compile, allocate and page in
+            self.use_backend(name)
+            self.warmup(max(iters, 1), frames)
+
+        def timed(name: str) -> float:
+            self.use_backend(name)
+            return self.infer(obs).timings_ms['total']
+
+        samples = runtimes.measure_backends(timed, names, max(iters, AUTO_MIN_ITERS))
+        p99_ms = {name: runtimes.p99(values) for name, values in samples.items()}
+        chosen = runtimes.choose_backend(p99_ms)
+        log.info('engine.backend auto: chose %s (p99 ms over %d alternating passes: %s)', chosen,
+                 len(samples[chosen]), ', '.join(f'{n} {v:.1f}' for n, v in p99_ms.items()))
+        self._runtimes = {chosen: self._runtimes[chosen]} if chosen in self._runtimes else {}
+        return chosen
 
     @classmethod
     def from_checkpoint(cls, path: str | Path = '', **kwargs) -> Engine:
@@ -158,6 +250,15 @@ class Engine:
             t = _lap(timings, 'upload', t, self.device)
             pixels = self.preprocessor.transform(uploaded).unsqueeze(0)  # (1, N, 3, H, W)
             t = _lap(timings, 'preprocess', t, self.device)
+            if self.runtime is not None:
+                embedding, chunk = self._infer_runtime(obs.stamp_ns, pixels, position, quat,
+                                                       proprio)
+                _lap(timings, 'encode', t, None)  # the whole graph: encode, fuse and heads
+                timings['fuse'] = timings['heads'] = 0.0
+                timings['total'] = (time.perf_counter() - start) * 1e3
+                return ActionChunkResult(observation_stamp_ns=obs.stamp_ns, embedding=embedding,
+                                         chunk=chunk, timings_ms=timings)
+            pixels = pixels.to(self.dtype)
             pose_tokens = self.policy.pose_tokens(position, quat, proprio)  # (1, K, D)
             if self.fusion == 'late':
                 tokens = self._encode_images(pixels)  # (1, N * T, D)
@@ -189,6 +290,9 @@ class Engine:
         if observation_stamp_ns is not None and stamp_ns != observation_stamp_ns:
             return None
         position, quat, proprio_t = self._pose_tensors(pose, proprio)
+        if self.runtime is not None:
+            features = pose_features(position, quat, proprio_t).cpu().numpy()  # (1, F)
+            return self.runtime.refresh(tokens, features)[1][0]
         with torch.inference_mode():
             feature = self._fuse(tokens, self.policy.pose_tokens(position, quat, proprio_t))
             return self._heads(feature)[1]
@@ -197,17 +301,29 @@ class Engine:
         """Run `iters` full passes on synthetic (or given) frames; clears the late cache."""
         if iters <= 0:
             return
+        obs = self._warmup_observation(frames)
+        for _ in range(iters):
+            self.infer(obs)
+            self.refresh(obs.pose, obs.proprio)
+        self._image_tokens = None
+
+    def _warmup_observation(self, frames: Sequence[ImageFrame] | None) -> Observation:
         frames = list(frames) if frames else [
             _synthetic_frame(480, 640, camera) for camera in range(self.num_cameras)]
         pose = PoseSample(0, 'warmup', np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]))
-        obs = Observation(stamp_ns=0, frames=tuple(frames), pose=pose,
-                          proprio=np.zeros(len(self.config.pose.proprio_names)))
-        for _ in range(iters):
-            self.infer(obs)
-            self.refresh(pose, obs.proprio)
-        self._image_tokens = None
+        return Observation(stamp_ns=0, frames=tuple(frames), pose=pose,
+                           proprio=np.zeros(len(self.config.pose.proprio_names)))
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _infer_runtime(self, stamp_ns: int, pixels: torch.Tensor, position: torch.Tensor,
+                       quat: torch.Tensor, proprio: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The runtime's policy graph on fp32 pixels (1, N, 3, H, W) -> embedding, chunk."""
+        features = pose_features(position, quat, proprio).cpu().numpy()  # (1, F) fp32
+        outputs = self.runtime.policy(pixels.cpu().numpy(), features)
+        if self.fusion == 'late':
+            self._image_tokens = (stamp_ns, outputs[2])  # (1, N * T, D)
+        return outputs[0][0].astype(np.float32), outputs[1][0].astype(np.float32)
 
     def _heads(self, feature: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         embedding, chunk = self.policy.forward_head(feature)  # (1, E), (1, H, A) normalized

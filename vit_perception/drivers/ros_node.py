@@ -61,6 +61,9 @@ DESCRIPTIONS = {
     'engine.dtype': "'auto' (bf16 where fast, else fp32), 'fp32', 'bf16' or 'fp16'.",
     'engine.compile': 'torch.compile the forward pass (slower start, faster steady state).',
     'engine.warmup_iters': 'Forward passes run at load time so the first message is not slow.',
+    'engine.backend': "'torch', 'openvino', 'onnxruntime' (pip extra runtimes) or 'auto' "
+                      '(time each installed one at warm-up, keep the lowest p99).',
+    'engine.cache_dir': 'ONNX graph cache directory; empty = $XDG_CACHE_HOME/vit_perception/onnx.',
     'topics.cameras': 'Image topics, one per camera, in the order of the checkpoint cameras.',
     'topics.camera_transports': "Per camera: 'raw' (sensor_msgs/Image) or 'compressed' "
                                 '(sensor_msgs/CompressedImage, give the .../compressed topic).',
@@ -425,7 +428,9 @@ class _Wiring:
                     f'{config.engine.device} ...')
         engine = Engine.from_checkpoint(config.engine.model, device=config.engine.device,
                                         dtype=config.engine.dtype, compile=config.engine.compile,
-                                        warmup_iters=config.engine.warmup_iters)
+                                        warmup_iters=config.engine.warmup_iters,
+                                        backend=config.engine.backend,
+                                        cache_dir=config.engine.cache_dir)
         def create(*args):
             make = (self.node.create_lifecycle_publisher if self.lifecycle
                     else self.node.create_publisher)

@@ -1,18 +1,25 @@
-"""`vit-perception bench`: the naive HF pipeline vs the engine, same model, same inputs, one run.
+"""`vit-perception bench`: the naive HF pipeline and every engine backend, same inputs, one run.
 
 Naive = what a user writes from the HF docs: `ViTImageProcessor` on the decoded image, then the
-same policy (ViT + pose tokens + heads) in fp32 eager mode. Engine = zero-copy decode,
-preprocessing on the device, the engine's dtype (bf16 where the hardware has it), optional
-torch.compile. The two alternate iteration by iteration so both see the same machine state.
-Also measured in the same run: the matmul peak of this device and the model's achieved GFLOP/s.
+same policy (ViT + pose tokens + heads) in fp32 eager mode. Engine backends = zero-copy decode and
+preprocessing on the device, then the policy in torch (the engine's dtype, optionally
+torch.compile), OpenVINO or ONNX Runtime (the exported ONNX graphs). All contenders alternate
+iteration by iteration, each round starting with the next one, so all see the same machine state.
+`--load N` repeats the measurement while N busy-loop processes compete for the CPU. Measured in
+the same run: the fp32 and bf16 matmul peaks, each contender's GFLOP/s and % of its peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -39,6 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--compile', action=argparse.BooleanOptionalAction, default=True,
                         help='torch.compile the engine with Inductor freezing, its best path '
                         '(default; --no-compile: eager, no compile time)')
+    parser.add_argument('--backends', default='', help='comma-separated engine backends to '
+                        'compare (default: torch and every installed runtime: openvino, '
+                        'onnxruntime)')
+    parser.add_argument('--load', type=int, default=0, metavar='N', help='measure again while N '
+                        'busy-loop processes compete for the CPU (p50/p99 under contention)')
+    parser.add_argument('--threads', type=int, default=0, help='intra-op threads for torch and '
+                        "the runtimes (default 0: each library's own default)")
+    parser.add_argument('--cache-dir', default='', help='ONNX graph cache (default '
+                        '$XDG_CACHE_HOME/vit_perception/onnx)')
     parser.add_argument('--json', action='store_true', help='print JSON only')
     live = parser.add_argument_group('live path over DDS on loopback (instead of the A/B)')
     live.add_argument('--live', action='store_true', help='image-in -> chunk-out latency and '
@@ -66,84 +82,225 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'--image {args.image!r}: expected WIDTHxHEIGHT, e.g. 640x480') from None
     if args.iters < 1 or args.cameras < 1:
         raise ConfigError('--iters and --cameras must be >= 1')
+    if args.load < 0 or args.threads < 0:
+        raise ConfigError('--load and --threads must be >= 0')
+    backends = [b for b in args.backends.split(',') if b] if args.backends else None
     report = benchmark(model=args.model, size=args.size, fusion=args.fusion,
                        cameras=args.cameras, width=width, height=height, iters=args.iters,
                        warmup=args.warmup, device=args.device, dtype=args.dtype,
-                       compile=args.compile,
+                       compile=args.compile, backends=backends, load=args.load,
+                       threads=args.threads, cache_dir=args.cache_dir,
                        progress=None if args.json else lambda text: print(text, file=sys.stderr))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
 def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, height=480,
-              iters=30, warmup=3, device='auto', dtype='auto', compile=False,
-              progress=None) -> dict:
-    """Run both pipelines alternately; return medians/p99 per stage, ratio and GFLOP/s."""
+              iters=30, warmup=3, device='auto', dtype='auto', compile=False, backends=None,
+              load=0, threads=0, cache_dir='', progress=None) -> dict:
+    """Run every contender alternately (quiet, then under `load`); return the report dict."""
     import torch
 
-    from vit_perception.core.engine import Engine, resolve_device, resolve_dtype
+    from vit_perception.core import runtimes
+    from vit_perception.core.engine import (
+        Engine,
+        cpu_has_fast_bf16,
+        dtype_name,
+        resolve_device,
+        resolve_dtype,
+    )
     from vit_perception.core.types import ImageFrame, Observation, PoseSample
+    from vit_perception.errors import ConfigError
 
-    policy = _load_policy(model, size, fusion, cameras)
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    if backends is None:
+        backends = ['torch', *(name for name in runtimes.installed_runtimes()
+                               if dev.type == 'cpu' or name == 'onnxruntime')]
+    for name in backends:
+        if name not in runtimes.BACKENDS or name == 'auto':
+            raise ConfigError(f'--backends {name!r}: expected names from torch, '
+                              f'{", ".join(runtimes.RUNTIMES)}')
+        runtimes.require_runtime(name)
+    policy = load_policy(model, size, fusion, cameras)
     naive = NaivePipeline(copy.deepcopy(policy).float().eval())
-    if progress:
-        progress('bench: building the engine (warm-up included)...')
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(cameras)]
     frames = tuple(ImageFrame(stamp_ns=0, frame_id='camera', data=img.tobytes(), height=height,
                               width=width, encoding='rgb8', step=width * 3, camera=i)
                    for i, img in enumerate(images))
-    engine = Engine(policy, device=device, dtype=dtype, compile=compile, warmup_iters=warmup,
-                    warmup_frames=frames)
+    engines = {}
+    for name in backends:
+        if progress:
+            progress(f'bench: building the {name} engine (export and warm-up included)...')
+        engines[name] = Engine(copy.deepcopy(policy), device=device, dtype=dtype,
+                               compile=compile and name == 'torch', warmup_iters=warmup,
+                               warmup_frames=frames, backend=name, cache_dir=cache_dir,
+                               runtime_threads=threads)
     pose = PoseSample(0, 'base', np.array([0.4, 0.0, 0.3]), np.array([0.0, 0.0, 0.0, 1.0]))
     obs = Observation(stamp_ns=0, frames=frames, pose=pose,
                       proprio=np.zeros(len(policy.config.pose.proprio_names)))
-
     for _ in range(warmup):
         naive(images, pose)
-    naive_times: list[dict] = []
-    engine_times: list[dict] = []
-    for i in range(iters):
-        # Alternate which pipeline goes first so neither always runs on a warmer cache.
-        order = (('naive', 'engine') if i % 2 == 0 else ('engine', 'naive'))
-        for which in order:
-            if which == 'naive':
-                naive_times.append(naive(images, pose))
-            else:
-                engine_times.append(engine.infer(obs).timings_ms)
+    calls = {'naive': lambda: naive(images, pose),
+             **{name: (lambda e=engine: e.infer(obs).timings_ms)
+                for name, engine in engines.items()}}
     if progress:
-        progress('bench: measuring the matmul peak...')
-    dev = resolve_device(device)
+        progress(f'bench: {iters} alternating iterations of {", ".join(calls)}...')
+    quiet = runtimes.measure_backends(lambda name: calls[name](), list(calls), iters)
+    loaded = None
+    if load:
+        # Bounded: the busy loops end by themselves after a generous multiple of the quiet run.
+        quiet_seconds = sum(_summarize(v)['total']['p99'] for v in quiet.values()) * iters / 1e3
+        if progress:
+            progress(f'bench: again with {load} busy-loop processes competing for the CPU...')
+        with busy_load(load, seconds=min(1800.0, 60.0 + 20.0 * quiet_seconds)):
+            loaded = runtimes.measure_backends(lambda name: calls[name](), list(calls), iters)
+    if progress:
+        progress('bench: measuring the matmul peaks...')
     engine_dtype = resolve_dtype(dtype, dev)
     flops = _model_flops(naive.policy, images, pose, naive)
-    peak = {'fp32': _matmul_gflops(dev, torch.float32)}
-    if engine_dtype != torch.float32:
-        peak[str(engine_dtype).replace('torch.', '')] = _matmul_gflops(dev, engine_dtype)
-    naive_stats = _summarize(naive_times)
-    engine_stats = _summarize(engine_times)
-    engine_model_ms = sum(engine_stats[s]['p50'] for s in ('encode', 'fuse', 'heads'))
-    return {
+    peak = {'fp32': _matmul_gflops(dev, torch.float32),
+            'bf16': _matmul_gflops(dev, torch.bfloat16)}
+    if engine_dtype == torch.float16:
+        peak['fp16'] = _matmul_gflops(dev, torch.float16)
+    precisions = {'naive': 'fp32', **{name: _precision(engine)
+                                     for name, engine in engines.items()}}
+    contenders = {name: _contender(quiet[name], loaded and loaded[name], precisions[name],
+                                   flops, peak) for name in calls}
+    if 'torch' in engines:  # parity on the benchmarked input: each backend vs the torch engine
+        reference = engines['torch'].infer(obs).chunk
+        for name, engine in engines.items():
+            difference = np.abs(engine.infer(obs).chunk - reference).max()
+            contenders[name]['chunk_max_abs_diff_vs_torch'] = float(difference)
+    naive_stats = _summarize(quiet['naive'])
+    report = {
         'device': str(dev),
         'device_name': _device_name(dev),
         'torch_threads': torch.get_num_threads(),
-        'engine_dtype': str(engine_dtype).replace('torch.', ''),
+        'threads': threads,
+        'engine_dtype': dtype_name(engine_dtype),
+        'native_bf16': dev.type == 'cuda' or cpu_has_fast_bf16(),
         'compile': compile,
         'model': model or f'random-init ViT-{size[0].upper()}/16 224',
         'fusion': fusion,
         'cameras': cameras,
         'image': f'{width}x{height} rgb8',
         'iters': iters,
-        'naive_ms': naive_stats,
-        'engine_ms': engine_stats,
-        'speedup_p50': naive_stats['total']['p50'] / engine_stats['total']['p50'],
-        'speedup_p99': naive_stats['total']['p99'] / engine_stats['total']['p99'],
+        'load': load,
         'model_gflop': flops / 1e9,
-        'achieved_gflops': {
-            'naive_fp32': flops / 1e9 / (naive_stats['model']['p50'] / 1e3),
-            'engine': flops / 1e9 / (engine_model_ms / 1e3),
-        },
         'matmul_peak_gflops': peak,
+        'contenders': contenders,
+        'naive_ms': naive_stats,
     }
+    if 'torch' in engines:  # the naive-vs-engine comparison (the torch engine)
+        engine_stats = _summarize(quiet['torch'])
+        report.update({
+            'engine_ms': engine_stats,
+            'speedup_p50': naive_stats['total']['p50'] / engine_stats['total']['p50'],
+            'speedup_p99': naive_stats['total']['p99'] / engine_stats['total']['p99'],
+            'achieved_gflops': {'naive_fp32': contenders['naive']['gflops'],
+                                'engine': contenders['torch']['gflops']},
+        })
+    report['targets'] = _targets(contenders, list(engines), peak, report['native_bf16'])
+    return report
+
+
+BUSY_LOOP = """
+import os, sys, time
+parent, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+x = 0
+while time.monotonic() < deadline and os.getppid() == parent:
+    for _ in range(100000):
+        x += 1
+"""
+
+
+@contextlib.contextmanager
+def busy_load(processes: int, seconds: float):
+    """`processes` single-core busy loops, stopped on exit (and by themselves after `seconds`
+    or when this process is gone). SIGTERM meanwhile ends the bench like Ctrl-C."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) \
+        if threading.current_thread() is threading.main_thread() else None
+    children = []
+    try:
+        for _ in range(processes):
+            children.append(subprocess.Popen(
+                [sys.executable, '-c', BUSY_LOOP, str(os.getpid()), f'{seconds:.0f}'],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        time.sleep(0.5)  # let them start spinning
+        yield children
+    finally:
+        for child in children:
+            child.kill()
+        for child in children:
+            child.wait()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _model_ms(sample: dict) -> float:
+    """Model-only time of one sample: the naive 'model' stage, or encode + fuse + heads."""
+    if 'model' in sample:
+        return sample['model']
+    return sample['encode'] + sample['fuse'] + sample['heads']
+
+
+def _contender(quiet: list[dict], loaded: list[dict] | None, precision: str, flops: float,
+               peak: dict) -> dict:
+    model = [_model_ms(s) for s in quiet]
+    total = [s['total'] for s in quiet]
+    model_p50 = float(np.percentile(model, 50))
+    gflops = flops / 1e9 / (model_p50 / 1e3)
+    result = {
+        'precision': precision,
+        'total_ms': _percentiles(total),
+        'model_ms': _percentiles(model),
+        'stages_ms': _summarize(quiet),
+        'end_to_end_over_model': float(np.percentile(total, 50)) / model_p50,
+        'gflops': gflops,
+        'percent_of_peak': 100.0 * gflops / peak[precision],
+    }
+    if loaded:
+        result['loaded_total_ms'] = _percentiles([s['total'] for s in loaded])
+        result['loaded_p99_over_quiet_p50'] = (result['loaded_total_ms']['p99']
+                                               / result['total_ms']['p50'])
+    return result
+
+
+def _targets(contenders: dict, engines: list[str], peak: dict, native_bf16: bool) -> dict:
+    """The issue's targets for the backend `auto` would keep (lowest quiet p99)."""
+    if not engines:
+        return {}
+    chosen = min(engines, key=lambda name: contenders[name]['total_ms']['p99'])
+    mine = contenders[chosen]
+    peers = [name for name in engines if name != chosen]
+    targets = {
+        'chosen': chosen,
+        'chosen_percent_of_bf16_peak': 100.0 * mine['gflops'] / peak['bf16'],
+        'chosen_percent_of_own_peak': mine['percent_of_peak'],
+        'native_bf16': native_bf16,
+        'end_to_end_over_model': mine['end_to_end_over_model'],
+    }
+    if peers:
+        fastest = min(peers, key=lambda name: contenders[name]['total_ms']['p50'])
+        targets['fastest_peer'] = fastest
+        targets['chosen_p50_over_fastest_peer_p50'] = (mine['total_ms']['p50']
+                                                      / contenders[fastest]['total_ms']['p50'])
+    if 'loaded_total_ms' in mine:
+        targets['loaded_p99_over_quiet_p50'] = mine['loaded_p99_over_quiet_p50']
+    return targets
+
+
+def _precision(engine) -> str:
+    from vit_perception.core.engine import dtype_name
+
+    return engine.runtime.precision if engine.runtime is not None else dtype_name(engine.dtype)
+
+
+def _percentiles(values: list[float]) -> dict:
+    return {'p50': float(np.percentile(values, 50)), 'p99': float(np.percentile(values, 99))}
 
 
 class NaivePipeline:
@@ -180,7 +337,8 @@ class NaivePipeline:
                 'total': (end - start) * 1e3}
 
 
-def _load_policy(model: str, size: str, fusion: str, cameras: int):
+def load_policy(model: str, size: str, fusion: str, cameras: int):
+    """The checkpoint at `model`, or a random-init ViT of `size` (speed ignores the weights)."""
     from vit_perception.config import PolicyConfig
     from vit_perception.model.checkpoint import load_checkpoint
     from vit_perception.model.policy import build_policy
@@ -195,6 +353,9 @@ def _load_policy(model: str, size: str, fusion: str, cameras: int):
         'preprocess': {'size': [224, 224]},
     })
     return build_policy(config).eval()
+
+
+_load_policy = load_policy  # the name tools/live_bench.py imports
 
 
 def _model_flops(policy, images, pose, naive) -> float:
@@ -231,9 +392,7 @@ def _matmul_gflops(device, dtype, repeats: int = 10) -> float:
 
 
 def _summarize(samples: list[dict]) -> dict:
-    return {stage: {'p50': float(np.percentile([s[stage] for s in samples], 50)),
-                    'p99': float(np.percentile([s[stage] for s in samples], 99))}
-            for stage in samples[0]}
+    return {stage: _percentiles([s[stage] for s in samples]) for stage in samples[0]}
 
 
 def _device_name(device) -> str:
@@ -247,12 +406,44 @@ def _device_name(device) -> str:
 
 
 def format_report(report: dict) -> str:
+    threads = f", --threads {report['threads']}" if report['threads'] else ''
     lines = [f"bench: {report['model']}, {report['fusion']} fusion, {report['cameras']} x "
              f"{report['image']}, {report['iters']} iterations alternating, "
              f"device {report['device']} ({report['device_name']}, "
-             f"{report['torch_threads']} threads)", '',
-             f"{'stage':<12}{'naive p50':>12}{'naive p99':>12}{'engine p50':>12}"
-             f"{'engine p99':>12}   (ms)"]
+             f"{report['torch_threads']} torch threads{threads})", '']
+    if 'engine_ms' in report:
+        lines += _stage_table(report) + ['']
+    load = report['load']
+    header = (f"{'contender':<13}{'precision':>10}{'p50 ms':>9}{'p99 ms':>9}{'model p50':>11}"
+              f"{'e2e/model':>11}{'GFLOP/s':>9}{'% peak':>8}{'|diff|':>9}")
+    if load:
+        header += f"{f'load {load}: p50':>15}{'p99':>8}{'p99/quiet p50':>15}"
+    lines.append(header)
+    for name, c in report['contenders'].items():
+        row = (f"{name:<13}{c['precision']:>10}{c['total_ms']['p50']:>9.1f}"
+               f"{c['total_ms']['p99']:>9.1f}{c['model_ms']['p50']:>11.1f}"
+               f"{c['end_to_end_over_model']:>11.3f}{c['gflops']:>9.0f}"
+               f"{c['percent_of_peak']:>8.0f}"
+               f"{c.get('chunk_max_abs_diff_vs_torch', float('nan')):>9.1e}")
+        if load:
+            row += (f"{c['loaded_total_ms']['p50']:>15.1f}{c['loaded_total_ms']['p99']:>8.1f}"
+                    f"{c['loaded_p99_over_quiet_p50']:>15.2f}")
+        lines.append(row)
+    peak = ', '.join(f'{k} {v:.3g}' for k, v in report['matmul_peak_gflops'].items())
+    lines += ['', f"model: {report['model_gflop']:.2f} GFLOP per observation; matmul peak in "
+                  f'this run: {peak} GFLOP/s (% peak: against the peak of the precision; '
+                  '|diff|: max |chunk - torch engine chunk| on the benchmarked input)']
+    if 'speedup_p50' in report:
+        lines.append(f"naive -> torch engine speed-up (median end-to-end): "
+                     f"{report['speedup_p50']:.2f}x (p99: {report['speedup_p99']:.2f}x), "
+                     f"engine dtype {report['engine_dtype']}")
+    lines += _target_lines(report['targets'])
+    return '\n'.join(lines)
+
+
+def _stage_table(report: dict) -> list[str]:
+    lines = [f"{'stage':<12}{'naive p50':>12}{'naive p99':>12}{'engine p50':>12}"
+             f"{'engine p99':>12}   (ms; engine = the torch backend)"]
     stages = list(dict.fromkeys(list(report['naive_ms']) + list(report['engine_ms'])))
     stages.remove('total')
     for stage in stages + ['total']:
@@ -264,12 +455,36 @@ def format_report(report: dict) -> str:
 
         lines.append(f'{stage:<12}{cell(naive, "p50")}{cell(naive, "p99")}'
                      f'{cell(engine, "p50")}{cell(engine, "p99")}')
-    peak = ', '.join(f'{k} {v:.0f}' for k, v in report['matmul_peak_gflops'].items())
-    achieved = report['achieved_gflops']
-    lines += ['', f"speed-up (median end-to-end): {report['speedup_p50']:.2f}x "
-                  f"(p99: {report['speedup_p99']:.2f}x), engine dtype "
-                  f"{report['engine_dtype']}",
-              f"model: {report['model_gflop']:.2f} GFLOP per observation; achieved "
-              f"{achieved['naive_fp32']:.0f} GFLOP/s naive, {achieved['engine']:.0f} GFLOP/s "
-              f'engine; matmul peak in this run: {peak} GFLOP/s']
-    return '\n'.join(lines)
+    return lines
+
+
+def _target_lines(targets: dict) -> list[str]:
+    """The issue's targets, each with its measured value and whether it is met."""
+    if not targets:
+        return []
+
+    def verdict(ok: bool) -> str:
+        return 'met' if ok else 'NOT met'
+
+    chosen = targets['chosen']
+    lines = ['', f'targets for {chosen} (lowest quiet p99, what engine.backend auto keeps):']
+    if 'fastest_peer' in targets:
+        ratio = targets['chosen_p50_over_fastest_peer_p50']
+        lines.append(f"  quiet p50 vs the fastest peer ({targets['fastest_peer']}): {ratio:.2f}x "
+                     f'(target <= 1: {verdict(ratio <= 1.0)})')
+    pct = targets['chosen_percent_of_bf16_peak']
+    if targets['native_bf16']:
+        lines.append(f'  achieved / bf16 matmul peak: {pct:.0f} % (target >= 75 %: '
+                     f'{verdict(pct >= 75)})')
+    else:
+        lines.append(f'  achieved / bf16 matmul peak: n/a, no native bf16 on this device (its '
+                     f"bf16 matmul is emulated); / its own precision's peak: "
+                     f"{targets['chosen_percent_of_own_peak']:.0f} %")
+    if 'loaded_p99_over_quiet_p50' in targets:
+        ratio = targets['loaded_p99_over_quiet_p50']
+        lines.append(f'  p99 under load / quiet p50: {ratio:.2f}x (target <= 3: '
+                     f'{verdict(ratio <= 3.0)})')
+    ratio = targets['end_to_end_over_model']
+    lines.append(f'  end-to-end (bytes in -> chunk out) / model only, p50: {ratio:.3f}x '
+                 f'(target <= 1.15: {verdict(ratio <= 1.15)})')
+    return lines

@@ -25,7 +25,7 @@ COMMANDS = {
     'train': ('vit_perception.tools.train', 'behavior cloning from recorded bags'),
     'demo': ('vit_perception.tools.demo', 'closed-loop sim + node with the shipped checkpoint'),
     'bench': ('vit_perception.tools.bench', 'naive HF pipeline vs engine, same run'),
-    'export': ('vit_perception.tools.export', 'write recorded bags as a LeRobot dataset'),
+    'export': ('vit_perception.tools.export', 'checkpoint -> ONNX, or bags -> LeRobot dataset'),
 }
 
 EXTRAS = {'cyclonedds': 'dds', 'rosbags': 'eval', 'mujoco': 'sim', 'matplotlib': 'eval',

@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
           f'on {config.engine.device} ...', file=sys.stderr)
     engine = Engine.from_checkpoint(config.engine.model, device=config.engine.device,
                                     dtype=config.engine.dtype, compile=config.engine.compile,
-                                    warmup_iters=config.engine.warmup_iters)
+                                    warmup_iters=config.engine.warmup_iters,
+                                    backend=config.engine.backend,
+                                    cache_dir=config.engine.cache_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

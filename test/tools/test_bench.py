@@ -1,0 +1,91 @@
+"""`vit-perception bench`: every backend side by side, --load busy loops, peaks and targets."""
+
+import json
+
+import psutil
+import pytest
+import torch
+
+from vit_perception.config import tiny_config
+from vit_perception.core import runtimes
+from vit_perception.model.checkpoint import save_checkpoint
+from vit_perception.model.policy import build_policy
+from vit_perception.tools import bench, cli
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(build_policy(tiny_config(fusion__mode='late')).eval(),
+                           tmp_path_factory.mktemp('bench') / 'tiny')
+
+
+def children() -> list:
+    return [p for p in psutil.Process().children(recursive=True) if p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_bench_compares_every_backend_quiet_and_under_load(checkpoint, tmp_path, capsys):
+    before = {p.pid for p in children()}
+    code = cli.main(['bench', '--model', str(checkpoint), '--iters', '3', '--warmup', '1',
+                     '--no-compile', '--dtype', 'fp32', '--device', 'cpu', '--image', '64x48',
+                     '--load', '1', '--cache-dir', str(tmp_path), '--json'])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    names = ['naive', 'torch', *runtimes.installed_runtimes()]
+    assert list(report['contenders']) == names and report['load'] == 1
+    peak = report['matmul_peak_gflops']
+    assert set(peak) == {'fp32', 'bf16'} and min(peak.values()) > 0
+    for c in report['contenders'].values():
+        assert c['precision'] == 'fp32'
+        assert 0 < c['model_ms']['p50'] <= c['total_ms']['p50'] * 1.000001
+        assert c['end_to_end_over_model'] == pytest.approx(c['total_ms']['p50']
+                                                           / c['model_ms']['p50'])
+        assert c['gflops'] == pytest.approx(report['model_gflop'] / (c['model_ms']['p50'] / 1e3))
+        assert c['percent_of_peak'] == pytest.approx(100 * c['gflops'] / peak['fp32'])
+        assert c['loaded_total_ms']['p50'] <= c['loaded_total_ms']['p99']
+    for name in names[1:]:  # every backend computes what the torch engine computes
+        assert report['contenders'][name]['chunk_max_abs_diff_vs_torch'] < 1e-5
+        assert c['loaded_p99_over_quiet_p50'] == pytest.approx(c['loaded_total_ms']['p99']
+                                                               / c['total_ms']['p50'])
+    engines = names[1:]
+    chosen = min(engines, key=lambda n: report['contenders'][n]['total_ms']['p99'])
+    assert report['targets']['chosen'] == chosen
+    assert 'loaded_p99_over_quiet_p50' in report['targets']
+    assert report['speedup_p50'] == pytest.approx(
+        report['naive_ms']['total']['p50'] / report['engine_ms']['total']['p50'])
+    assert {p.pid for p in children()} == before  # the busy loops are gone
+    text = bench.format_report(report)
+    assert all(name in text for name in names) and 'p99/quiet p50' in text
+
+
+def test_busy_loops_stop_when_the_bench_fails():
+    with pytest.raises(RuntimeError), bench.busy_load(2, seconds=600) as procs:
+        assert [p.poll() for p in procs] == [None, None]  # spinning
+        raise RuntimeError('bench failed')
+    assert all(p.returncode is not None for p in procs)
+
+
+def test_busy_loops_end_by_themselves_after_their_bound():
+    with bench.busy_load(1, seconds=1) as procs:
+        assert procs[0].wait(timeout=60) == 0  # the deadline ended it, not the bench
+
+
+def test_target_lines_say_met_or_not_from_the_numbers():
+    targets = {'chosen': 'openvino', 'fastest_peer': 'torch',
+               'chosen_p50_over_fastest_peer_p50': 0.9, 'chosen_percent_of_bf16_peak': 70.0,
+               'chosen_percent_of_own_peak': 70.0, 'native_bf16': True,
+               'loaded_p99_over_quiet_p50': 3.5, 'end_to_end_over_model': 1.05}
+    text = '\n'.join(bench._target_lines(targets))
+    assert '0.90x (target <= 1: met)' in text
+    assert '70 % (target >= 75 %: NOT met)' in text
+    assert '3.50x (target <= 3: NOT met)' in text
+    assert '1.050x (target <= 1.15: met)' in text
+    no_bf16 = '\n'.join(bench._target_lines({**targets, 'native_bf16': False}))
+    assert 'no native bf16' in no_bf16 and 'target >= 75' not in no_bf16
+
+
+def test_unknown_backend_is_one_line(capsys):
+    assert cli.main(['bench', '--backends', 'torch,tensorrt', '--size', 'tiny']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'tensorrt'" in err[0]
