@@ -17,7 +17,8 @@ from typing import Any
 from vit_perception.errors import ConfigError
 
 FUSION_MODES = ('early', 'late')
-BACKBONE_TYPES = ('vit', 'deit', 'dinov2')
+BACKBONE_TYPES = ('vit', 'deit', 'dinov2', 'dinov2_with_registers', 'clip', 'siglip', 'beit',
+                  'data2vec-vision', 'dpt')
 DEFAULT_ACTION_NAMES = ('dx', 'dy', 'dz', 'drx', 'dry', 'drz', 'gripper')
 ACTION_KINDS = ('delta', 'velocity')
 
@@ -28,7 +29,7 @@ class BackboneConfig:
 
     # Local directory or hub id of a pretrained model; empty = build from the sizes below.
     pretrained: str = ''
-    # 'vit', 'deit' or 'dinov2' (used when building from sizes).
+    # One of BACKBONE_TYPES (used when building from sizes; a pretrained directory names its own).
     model_type: str = 'vit'
     hidden_size: int = 384
     num_layers: int = 12
@@ -38,6 +39,9 @@ class BackboneConfig:
     image_size: int = 224
     # Freeze the backbone weights during training.
     freeze: bool = False
+    # Which layer's tokens to read: -1 the last (then the final norm), -2 the second-to-last (raw,
+    # as VLAs use), k >= 1 layer k. Checked against the layer count when the backbone is built.
+    feature_layer: int = -1
     # Full HF config of the backbone, filled in when built; checkpoints rebuild from it offline.
     hf_config: dict = field(default_factory=dict)
 
@@ -48,6 +52,9 @@ class BackboneConfig:
         for name in ('hidden_size', 'num_layers', 'num_heads', 'mlp_ratio', 'patch_size',
                      'image_size'):
             _require_positive(f'backbone.{name}', getattr(self, name))
+        if self.feature_layer == 0:
+            raise ConfigError('backbone.feature_layer=0: expected -1 (last layer), -2, ... or a '
+                              'layer number >= 1')
         if self.hidden_size % self.num_heads:
             raise ConfigError(f'backbone.hidden_size={self.hidden_size} must be divisible by '
                               f'backbone.num_heads={self.num_heads}')
