@@ -95,7 +95,8 @@ class Backbone(nn.Module):
         raise ConfigError(f'{type(model).__name__}: cannot find its encoder layers '
                           '(expected .layers or .encoder.layer; tested with transformers 5.x)')
 
-    def _final_norm(self) -> nn.Module:
+    @property
+    def final_norm(self) -> nn.Module:
         model = self.hf_model
         if self.family in ('clip', 'siglip'):
             return model.post_layernorm
@@ -135,10 +136,16 @@ class Backbone(nn.Module):
     def encode(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, T, D) tokens laid out `[non-patch tokens | rows * columns patch tokens]` (the
         patch grid `grid`, default the config's) -> (B, T, D) features of `feature_layer`."""
+        tokens = self.run_layers(tokens, grid, 0, self.num_layers_run)
+        return self.final_norm(tokens) if self.feature_layer == -1 else tokens
+
+    def run_layers(self, tokens: torch.Tensor, grid: tuple[int, int] | None, start: int,
+                   stop: int) -> torch.Tensor:
+        """Layers `start` .. `stop - 1` over (B, T, D) tokens (CLIP's pre-norm before layer 0)."""
         grid = grid or self.grid_size
-        if self.family == 'clip':
+        if self.family == 'clip' and start == 0:
             tokens = self.hf_model.pre_layrnorm(tokens)
-        for layer in self.layers[:self.num_layers_run]:
+        for layer in self.layers[start:stop]:
             if self.family == 'beit':
                 tokens = self._beit_layer(layer, tokens, grid)
             elif self.family == 'data2vec-vision':
@@ -146,7 +153,7 @@ class Backbone(nn.Module):
             else:  # DPT's layers take no attention mask; CLIP's and SigLIP's require one
                 out = layer(tokens) if self.family == 'dpt' else layer(tokens, None)
                 tokens = out[0] if isinstance(out, tuple) else out
-        return self._final_norm()(tokens) if self.feature_layer == -1 else tokens
+        return tokens
 
     # -- BEiT / Data2Vec relative position bias ------------------------------------------------
 
