@@ -81,8 +81,14 @@ def main() -> int:
 
 
 def record(directory: Path, episodes: int, seed: int) -> None:
-    if not directory.exists():
-        record_episodes(directory, episodes, seed, image_size=96, action_noise=0.05)
+    """Episodes seed .. seed + episodes - 1 as directory/episode_NNNN (kept when present)."""
+    have = len(list(directory.glob('episode_*'))) if directory.exists() else 0
+    if have < episodes:
+        record_episodes(directory / 'more', episodes - have, seed + have, image_size=96,
+                        action_noise=0.05)
+        for index, bag in enumerate(sorted((directory / 'more').iterdir())):
+            bag.rename(directory / f'episode_{have + index:04d}')  # rosbag2 paths are relative
+        (directory / 'more').rmdir()
 
 
 def run_cli(argv: list[str]) -> None:
