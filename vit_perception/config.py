@@ -21,7 +21,8 @@ from typing import Any
 from vit_perception.errors import ConfigError, short_repr
 
 FUSION_MODES = ('early', 'late')
-BACKBONE_TYPES = ('vit', 'deit', 'dinov2')
+BACKBONE_TYPES = ('vit', 'deit', 'dinov2', 'dinov2_with_registers', 'clip', 'siglip', 'beit',
+                  'data2vec-vision', 'dpt')
 DEFAULT_ACTION_NAMES = ('dx', 'dy', 'dz', 'drx', 'dry', 'drz', 'gripper')
 ACTION_KINDS = ('delta', 'velocity')
 
@@ -42,7 +43,7 @@ class BackboneConfig:
 
     # Local directory or hub id of a pretrained model; empty = build from the sizes below.
     pretrained: str = ''
-    # 'vit', 'deit' or 'dinov2' (used when building from sizes).
+    # One of BACKBONE_TYPES (used when building from sizes; a pretrained directory names its own).
     model_type: str = 'vit'
     hidden_size: int = 384
     num_layers: int = 12
@@ -52,6 +53,9 @@ class BackboneConfig:
     image_size: int = 224
     # Freeze the backbone weights during training.
     freeze: bool = False
+    # Which layer's tokens to read: -1 the last (then the final norm), -2 the second-to-last (raw,
+    # as VLAs use), k >= 1 layer k. Checked against the layer count when the backbone is built.
+    feature_layer: int = -1
     # Full HF config of the backbone, filled in when built; checkpoints rebuild from it offline.
     hf_config: dict = field(default_factory=dict)
 
@@ -63,6 +67,10 @@ class BackboneConfig:
                            ('mlp_ratio', 16), ('patch_size', MAX_IMAGE_SIDE),
                            ('image_size', MAX_IMAGE_SIDE)):
             _require_positive(f'backbone.{name}', getattr(self, name), most)
+        if self.feature_layer == 0 or abs(self.feature_layer) > 256:
+            raise ConfigError(f'backbone.feature_layer={self.feature_layer}: expected -1 (last '
+                              'layer), -2, ... or a '
+                              'layer number >= 1')
         if self.hidden_size % self.num_heads:
             raise ConfigError(f'backbone.hidden_size={self.hidden_size} must be divisible by '
                               f'backbone.num_heads={self.num_heads}')

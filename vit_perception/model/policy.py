@@ -78,7 +78,7 @@ class VisionPosePolicy(nn.Module):
         pixels = self._maybe_ablate(pixels)
         batch, cams = pixels.shape[:2]
         tokens = self.backbone.embed(pixels.flatten(0, 1))  # (B * N, T, D)
-        tokens = self.backbone.encode(tokens)  # (B * N, T, D)
+        tokens = self.backbone.encode(tokens, self.backbone.grid(pixels))  # (B * N, T, D)
         tokens = tokens.unflatten(0, (batch, cams)) + self.camera_embed  # (B, N, T, D)
         return tokens.flatten(1, 2)  # (B, N * T, D)
 
@@ -101,7 +101,7 @@ class VisionPosePolicy(nn.Module):
         tokens = tokens.flatten(0, 1)  # (B * N, T, D)
         pose = pose_tokens.repeat_interleave(cams, dim=0)  # (B * N, K, D)
         tokens = torch.cat([tokens[:, :prefix], pose, tokens[:, prefix:]], dim=1)
-        tokens = self.backbone.encode(tokens)  # (B * N, P0 + K + patches, D)
+        tokens = self.backbone.encode(tokens, self.backbone.grid(pixels))  # (B*N, P0+K+patches, D)
         readout = tokens[:, :prefix + num_pose].mean(dim=1)  # (B * N, D): prefix + pose tokens
         return readout.unflatten(0, (batch, cams)).mean(dim=1)  # (B, D)
 

@@ -23,6 +23,7 @@ COMMANDS = {
     'replay': ('vit_perception.tools.replay', 'evaluate a checkpoint offline on a ROS 2 bag'),
     'sim': ('vit_perception.tools.sim.command', 'MuJoCo table-top arm on ROS 2 topics'),
     'train': ('vit_perception.tools.train', 'behavior cloning from recorded bags'),
+    'pretrain': ('vit_perception.tools.pretrain', 'self-supervised backbone pretraining on bags'),
     'demo': ('vit_perception.tools.demo', 'closed-loop sim + node with the shipped checkpoint'),
     'bench': ('vit_perception.tools.bench', 'naive HF pipeline vs engine, same run'),
     'export': ('vit_perception.tools.export', 'checkpoint -> ONNX, or bags -> LeRobot dataset'),

@@ -136,16 +136,11 @@ def load_episode(path: str | Path, policy_config: PolicyConfig, node_config: Nod
     """One bag -> an Episode (see module docstring). Raises BagError / ConfigError (one line)."""
     import torch
 
-    from vit_perception.core.images import image_to_array
-
     samples = bag_samples(path, policy_config, node_config, action_topic)
     observations = samples.observations
-    num_cameras = len(policy_config.cameras)
-    pixels = torch.stack([preprocessor([image_to_array(f) for f in o.frames])
-                          for o in observations]) if observations else torch.zeros(
-        (0, num_cameras, 3, *policy_config.preprocess.output_size))  # (N, C, 3, H, W)
+    pixels = observation_pixels(observations, preprocessor, policy_config)  # (N, C, 3, H, W)
     return Episode(
-        name=str(path), pixels=pixels.float(),
+        name=str(path), pixels=pixels,
         position=torch.tensor(np.array([o.pose.position for o in observations]).reshape(-1, 3),
                               dtype=torch.float32),
         quat=torch.tensor(np.array([o.pose.orientation for o in observations]).reshape(-1, 4),
@@ -172,14 +167,9 @@ def bag_samples(path: str | Path, policy_config: PolicyConfig, node_config: Node
 
     Observations with no action recorded at or before them are skipped.
     """
-    from vit_perception.core.observation import ObservationBuilder
     from vit_perception.drivers.bag import BagInput
 
-    num_cameras = len(policy_config.cameras)
-    if len(node_config.topics.cameras) != num_cameras:
-        raise ConfigError(f'node config topics.cameras has {len(node_config.topics.cameras)} '
-                          f'topics, the policy expects {num_cameras} cameras '
-                          f'({policy_config.cameras})')
+    num_cameras = _check_cameras(policy_config, node_config)
     if policy_config.pose.proprio_names:
         raise ConfigError(f'pose.proprio_names={policy_config.pose.proprio_names}: training from '
                           'bags does not read proprio topics yet; expected an empty list')
@@ -190,28 +180,9 @@ def bag_samples(path: str | Path, policy_config: PolicyConfig, node_config: Node
             raise BagError(f'{bag.path}: topic {action_topic} has type '
                            f'{bag.topics[action_topic]}, expected {ACTION_CHUNK}')
         reader = ActionReader(Path(path), action_topic)
-        builder = ObservationBuilder(node_config.sync, num_cameras)
-        observations = []
-        now = 0
-        for event in bag.events():
-            now = event.log_time_ns
-            builder.check_clock(now)
-            if event.kind == 'image':
-                builder.add_image(event.value, now)
-            elif event.kind == 'pose':
-                builder.add_pose(event.value, now)
-            elif event.topic == action_topic and event.kind == 'extra':
-                reader.add(event.value)
-                continue
-            else:
-                continue
-            obs = builder.take(now)
-            if obs is not None:
-                observations.append(obs)
-        obs = builder.take(now + int(node_config.sync.max_pose_skew * NS_PER_S) + 1)
-        if obs is not None:
-            observations.append(obs)
-        dropped = builder.drops.counts()
+        observations, dropped = read_observations(
+            bag, node_config, num_cameras,
+            lambda event: reader.add(event.value) if event.topic == action_topic else None)
     action_stamps, actions = reader.arrays()
     names = reader.names
 
@@ -225,6 +196,83 @@ def bag_samples(path: str | Path, policy_config: PolicyConfig, node_config: Node
         keep = np.zeros(0, bool)
     observations = [o for o, k in zip(observations, keep) if k]
     return BagSamples(observations, targets[keep], mask[keep], stamps[keep], list(names), dropped)
+
+
+def _check_cameras(policy_config: PolicyConfig, node_config: NodeConfig) -> int:
+    """The number of cameras; ConfigError when the node topics and the policy disagree."""
+    num_cameras = len(policy_config.cameras)
+    if len(node_config.topics.cameras) != num_cameras:
+        raise ConfigError(f'node config topics.cameras has {len(node_config.topics.cameras)} '
+                          f'topics, the policy expects {num_cameras} cameras '
+                          f'({policy_config.cameras})')
+    return num_cameras
+
+
+def read_observations(bag, node_config: NodeConfig, num_cameras: int, on_extra=None):
+    """Replay an open BagInput through the node's ObservationBuilder -> (observations, drops).
+
+    `on_extra(event)` receives the events of the bag's extra topics (e.g. recorded actions).
+    """
+    from vit_perception.core.observation import ObservationBuilder
+
+    builder = ObservationBuilder(node_config.sync, num_cameras)
+    observations = []
+    now = 0
+    for event in bag.events():
+        now = event.log_time_ns
+        builder.check_clock(now)
+        if event.kind == 'image':
+            builder.add_image(event.value, now)
+        elif event.kind == 'pose':
+            builder.add_pose(event.value, now)
+        else:
+            if event.kind == 'extra' and on_extra is not None:
+                on_extra(event)
+            continue
+        obs = builder.take(now)
+        if obs is not None:
+            observations.append(obs)
+    obs = builder.take(now + int(node_config.sync.max_pose_skew * NS_PER_S) + 1)
+    if obs is not None:
+        observations.append(obs)
+    return observations, builder.drops.counts()
+
+
+def observation_pixels(observations, preprocessor, policy_config: PolicyConfig):
+    """Observations -> (N, C, 3, H, W) float32, preprocessed as the engine does."""
+    import torch
+
+    from vit_perception.core.images import image_to_array
+
+    if not observations:
+        return torch.zeros((0, len(policy_config.cameras), 3,
+                            *policy_config.preprocess.output_size))
+    return torch.stack([preprocessor([image_to_array(f) for f in o.frames])
+                        for o in observations]).float()
+
+
+def load_frames(bags: Sequence[Path], policy_config: PolicyConfig, node_config: NodeConfig,
+                progress: bool = True):
+    """Every camera frame the node would turn into an observation (no actions needed), as
+    (M, 3, H, W) float32 preprocessed exactly as for training; BagError when there are none."""
+    import torch
+
+    from vit_perception.core.preprocess import Preprocessor
+    from vit_perception.drivers.bag import BagInput
+
+    num_cameras = _check_cameras(policy_config, node_config)
+    preprocessor = Preprocessor(policy_config.preprocess, torch.device('cpu'), torch.float32)
+    frames = []
+    for path in progress_bar(bags, progress, 'reading bags'):
+        with BagInput(path, node_config) as bag:
+            observations, dropped = read_observations(bag, node_config, num_cameras)
+        if not observations:
+            reasons = ', '.join(f'{r} x{n}' for r, n in dropped.items()) or 'none'
+            raise BagError(f'{path}: no camera frame pairs with a pose (drops: {reasons}); '
+                           'check topics and sync settings')
+        pixels = observation_pixels(observations, preprocessor, policy_config)
+        frames.append(pixels.flatten(0, 1))  # (N * C, 3, H, W): every camera's frame
+    return torch.cat(frames)
 
 
 def load_episodes(bags: Sequence[Path], policy_config: PolicyConfig, node_config: NodeConfig,

@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--freeze-backbone', action='store_true',
                         help='train only pose tokens, fusion and heads')
     parser.add_argument('--pretrained', default=None, metavar='DIR_OR_HUB_ID',
-                        help='start the backbone from a Hugging Face ViT/DeiT/DINOv2 '
+                        help='start the backbone from a Hugging Face ViT-family model '
                         '(local directory with safetensors, or a hub id)')
     parser.add_argument('--resume', default=None, metavar='CKPT',
                         help='continue a training from its checkpoint directory')
