@@ -116,7 +116,8 @@ class Wire:
             now = self.drops()
             return all(now.get(r, 0) - before.get(r, 0) >= n for r, n in added.items())
 
-        assert harness.wait_for(grown, timeout=20), (added, self.drops(), self.node.stderr()[-2000:])
+        assert harness.wait_for(grown, timeout=20), (added, self.drops(),
+                                                     self.node.stderr()[-2000:])
         now = self.drops()
         assert {r: now.get(r, 0) - before.get(r, 0) for r in added} == added
 

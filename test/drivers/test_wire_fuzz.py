@@ -367,8 +367,10 @@ def assert_answers(fuzz: Fuzzer, recorder: lb.OutputRecorder, node: harness.Node
         pixels = fuzz.rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
         fuzz.pubs[RAW].publish(rt.image_msg(stamp, 'cam_raw', pixels, 'rgb8'))
         fuzz.pubs[COMPRESSED].publish(rt.compressed_image_msg(stamp, 'cam_png', fuzz.png, 'png'))
-        if harness.wait_for(lambda stamp=stamp: stamp in {s for _, s in recorder.snapshot().chunks},
-                       timeout=10):
+        def answered(stamp=stamp):
+            return stamp in {s for _, s in recorder.snapshot().chunks}
+
+        if harness.wait_for(answered, timeout=10):
             return
     raise AssertionError('no ActionChunk for three valid image pairs:\n'
                          + node.stderr()[-3000:])

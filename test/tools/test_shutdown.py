@@ -145,8 +145,9 @@ def test_replay_interrupted_keeps_a_complete_readable_bag(sig, storage, checkpoi
                                                           tmp_path):
     out = tmp_path / 'out'
     log = tmp_path / 'replay.log'
-    argv = harness.cli_command('replay', str(long_bag), '--model', str(checkpoint), '--out', str(out),
-                          '--storage', storage, *[a for s in ENGINE for a in ('--set', s)])
+    argv = harness.cli_command('replay', str(long_bag), '--model', str(checkpoint), '--out',
+                               str(out), '--storage', storage,
+                               *[a for s in ENGINE for a in ('--set', s)])
     with open(log, 'wb') as stderr:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=stderr, env=harness.loopback_env())
