@@ -32,6 +32,7 @@ IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
 POSE_STAMPED = 'geometry_msgs/msg/PoseStamped'
 DIAGNOSTIC_ARRAY = 'diagnostic_msgs/msg/DiagnosticArray'
+TWIST_STAMPED = 'geometry_msgs/msg/TwistStamped'
 CLOCK = 'rosgraph_msgs/msg/Clock'
 EMBEDDING = f'{PACKAGE}/msg/Embedding'
 ACTION_CHUNK = f'{PACKAGE}/msg/ActionChunk'
@@ -220,6 +221,15 @@ def embedding_from_msg(msg) -> np.ndarray:
         raise ConfigError(f'Embedding with {len(msg.data)} values for shape {list(shape)}: '
                           f'expected product of shape values')
     return np.asarray(msg.data, dtype=np.float32).reshape(shape)
+
+
+def twist_msg(stamp_ns: int, frame_id: str, linear: Sequence[float],
+              angular: Sequence[float]):
+    """geometry_msgs/msg/TwistStamped from linear xyz and angular xyz."""
+    vector = msg_class('geometry_msgs/msg/Vector3')
+    twist = msg_class('geometry_msgs/msg/Twist')(
+        linear=vector(*(float(v) for v in linear)), angular=vector(*(float(v) for v in angular)))
+    return msg_class(TWIST_STAMPED)(header=header_msg(stamp_ns, frame_id), twist=twist)
 
 
 def diagnostics_msg(report, stamp_ns: int, name: str, hardware_id: str = ''):
