@@ -479,3 +479,46 @@ def test_lifecycle_node_transitions(rclpy_context, tiny_checkpoint, tmp_path):
         spinner.stop()
         node.destroy_node()
         probe.node.destroy_node()
+
+
+@rclpy_test
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize('backend', ['ros', 'dds'])
+def test_live_bench_feeds_each_backend_from_an_rclpy_peer_process(backend, tiny_checkpoint,
+                                                                 monkeypatch):
+    """`bench --live --backend ros|dds` end to end: an rclpy (Fast DDS) peer in its own process
+    publishes images + poses into the node (rclpy, or Cyclone DDS: cross-vendor discovery on
+    127.0.0.1) and records what comes back, counted the same way for both."""
+    ros()
+    from vit_perception.tools import harness
+    from vit_perception.tools import live_bench as lb
+
+    monkeypatch.delenv(harness.ROS_ENV_VARIABLE, raising=False)
+    report = lb.measure_with_peer(
+        backend, ros_env=harness.RosEnvironment.find(), duration=4.0, model=tiny_checkpoint,
+        width=64, height=48, overrides=['engine.device=cpu', 'engine.warmup_iters=0'])
+    assert report['backend'] == backend
+    assert report['sent']['images'] > 0 and report['sent']['poses'] > report['sent']['images']
+    assert 0 < report['images_to_chunks'] <= report['sent']['images']
+    assert report['actions'] > 0 and report['max_action_gap_ms'] > 0
+    assert report['latency_ms']['image_to_chunk']['n'] >= report['images_to_chunks']
+    # rx.<topic>: what the node took off the wire, reported in /diagnostics on both backends
+    assert 0 < report['node_received']['/camera/image_raw'] <= report['sent']['images']
+    assert 0 < report['node_received']['/ee_pose'] <= report['sent']['poses']
+    assert report['node_cpu_s'] > 0
+    assert report['node_exit_code'] == 0 and report['node_tracebacks'] == 0
+
+
+@rclpy_test
+@pytest.mark.parametrize('ros_args, words', [
+    (['-p'], "Couldn't parse trailing -p flag"),
+    (['-p', 'engine.model'], "parameter override rule: '-p engine.model'"),
+    (['-r', 'a'], "remap rule: '-r a'"),
+    (['--params-file', '/no/such/params.yaml'], '/no/such/params.yaml'),
+    (['--bogus'], "unknown ROS argument(s) ['--bogus']")])
+def test_malformed_ros_args_exit_2_with_one_line(ros_args, words, capsys):
+    ros()
+    assert ros_node.main(['perception_node', '--ros-args', *ros_args]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('perception_node: ') and words in err
+    assert 'Traceback' not in err and '/project/src' not in err

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vit_perception.config import NodeConfig
+from vit_perception.config import NODE_NAME, NodeConfig
 from vit_perception.core.types import NS_PER_S
 from vit_perception.drivers import dds, ros_types
 from vit_perception.drivers.outputs import MessageOutputs
@@ -172,6 +172,7 @@ def run_dds_node(config: NodeConfig, engine, stop_event: threading.Event, *,
     if not dds.tune_allocator():
         _log.info('allocator not tuned (not glibc): large messages pay mmap page faults')
     transport = dds.DdsTransport(config.domain_id)
+    transport.announce_node(NODE_NAME)  # `ros2 node list` shows /vit_perception
     subscriptions: list[dds.DdsSubscription] = []
     timer = core = None
     try:

@@ -76,6 +76,9 @@ class MessageOutputs:
         self._logger = logger or logging.getLogger(f'vit_perception.{node_name}')
         self._extra_values = extra_values
         out = (qos.output_reliability, qos.output_depth)
+        for msgtype in (ros_types.EMBEDDING, ros_types.ACTION_CHUNK, ros_types.DIAGNOSTIC_ARRAY,
+                        ros_types.TWIST_STAMPED):
+            ros_types.prepare(msgtype)
         self._embedding = make_publisher(topics.embedding, ros_types.EMBEDDING, *out)
         self._chunk = make_publisher(topics.action_chunk, ros_types.ACTION_CHUNK, *out)
         self._action = make_publisher(topics.action, ros_types.ACTION_CHUNK, *out)

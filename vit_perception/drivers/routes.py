@@ -67,6 +67,7 @@ class RouteInput:
     """A route bound to a core. `on_cdr(bytes)` is the subscription callback of every driver."""
 
     def __init__(self, route: InputRoute, core: PerceptionCore):
+        ros_types.prepare(route.msgtype)
         self.route = route
         self.core = core
         self.received = 0  # messages that arrived (rx.<topic> in /diagnostics)
