@@ -522,3 +522,43 @@ def test_malformed_ros_args_exit_2_with_one_line(ros_args, words, capsys):
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith('perception_node: ') and words in err
     assert 'Traceback' not in err and '/project/src' not in err
+
+
+@rclpy_test
+def test_dds_node_appears_in_the_ros_graph_from_the_ros_environment_alone(rclpy_context,
+                                                                          tiny_checkpoint,
+                                                                          monkeypatch):
+    """The DDS node (Cyclone) configured only by ROS_DOMAIN_ID / ROS_AUTOMATIC_DISCOVERY_RANGE,
+    no CYCLONEDDS_URI, is a node with its topics to rclpy (Fast DDS) peers: `ros2 node list`."""
+    import os
+
+    from vit_perception.tools import harness
+
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1')
+    env.pop('CYCLONEDDS_URI', None)
+    env.setdefault('ROS_DOMAIN_ID', str(harness.pick_domain()))
+    monkeypatch.setenv('ROS_DOMAIN_ID', env['ROS_DOMAIN_ID'])  # rclpy_context: already on it
+    argv = harness.cli_command('node', '--backend', 'dds', '--model', tiny_checkpoint, '--set',
+                               'engine.device=cpu', '--set', 'engine.warmup_iters=0')
+    probe = rclpy_context.create_node('graph_probe')
+    with harness.NodeProcess(None, 0, argv=argv, env=env) as node:
+        try:
+            node.wait_running(timeout=120)
+
+            def listed():
+                return ('vit_perception', '/') in probe.get_node_names_and_namespaces()
+
+            assert harness.wait_for(listed, timeout=30, interval=0.2), node.stderr()[-2000:]
+            assert harness.wait_for(lambda: len(probe.get_publisher_names_and_types_by_node(
+                'vit_perception', '/')) >= 4, timeout=30, interval=0.2)
+            publishers = dict(probe.get_publisher_names_and_types_by_node('vit_perception', '/'))
+            subscribers = dict(probe.get_subscriber_names_and_types_by_node('vit_perception',
+                                                                            '/'))
+        finally:
+            probe.destroy_node()
+        assert node.stop() == 0
+        node.close()
+    assert publishers['/vit_perception/action'] == ['vit_perception/msg/ActionChunk']
+    assert publishers['/diagnostics'] == ['diagnostic_msgs/msg/DiagnosticArray']
+    assert subscribers == {'/camera/image_raw': ['sensor_msgs/msg/Image'],
+                           '/ee_pose': ['geometry_msgs/msg/PoseStamped']}

@@ -544,8 +544,6 @@ def main(args: list[str] | None = None, *, config: NodeConfig | None = None) -> 
         return 2
     node = None
     code = 0
-    import os
-    sys.setswitchinterval(float(os.environ.get('VITP_SWITCH', '0.005')))
     try:
         node = (PerceptionLifecycleNode(config) if options.lifecycle
                 else PerceptionNode(config))
