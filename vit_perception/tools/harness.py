@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,3 +228,42 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def kill_child(proc: subprocess.Popen | None) -> None:
+    """Kill a child process if it is still running, and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def paced(duration: float, rates: dict[str, float], stop) -> Iterator[tuple[str, int]]:
+    """Yield (stream, ns late) each time a stream is due, for `duration` s.
+
+    Streams run on absolute deadlines of their rate (Hz); one that falls behind skips the
+    deadlines it missed rather than bursting. Ends early when `stop` (an Event) is set.
+    """
+    periods = {name: round(1e9 / rate) for name, rate in rates.items()}
+    start = time.perf_counter_ns()
+    end = start + int(duration * 1e9)
+    due = dict.fromkeys(periods, start)
+    while not stop.is_set():
+        first = min(due.values())
+        if first >= end:
+            return
+        wait = first - time.perf_counter_ns()
+        if wait > 0:
+            time.sleep(wait / 1e9)
+        now = time.perf_counter_ns()
+        for name, period in periods.items():
+            if now >= due[name]:
+                yield name, now - due[name]
+                due[name] += period * max(1, (now - due[name]) // period + 1)
+
+
+def moving_pose(stamp_ns: int) -> tuple[list[float], list[float]]:
+    """A slowly moving end-effector pose at `stamp_ns`: position xyz, quaternion xyzw."""
+    phase = stamp_ns / 1e9
+    yaw = 0.1 * math.sin(phase)
+    return ([0.4 + 0.05 * math.sin(phase), 0.05 * math.cos(phase), 0.3],
+            [0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)])

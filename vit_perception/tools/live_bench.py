@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import struct
@@ -41,7 +40,10 @@ from vit_perception.tools.harness import (
     NodeProcess,
     RosEnvironment,
     cli_command,
+    kill_child,
     loopback_env,
+    moving_pose,
+    paced,
     pick_domain,
     wait_for,
 )
@@ -217,34 +219,17 @@ def publish_main(argv: list[str]) -> int:
         pose_pub = transport.publisher(args.pose_topic, rt.POSE_STAMPED, dds.DEFAULT)
         matched = all(s.publisher.wait_for_subscribers(1, 60) for s in streams) and \
             pose_pub.wait_for_subscribers(1, 60)
-        cam_period = round(1e9 / args.camera_rate)
-        pose_period = round(1e9 / args.pose_rate)
-        start = time.perf_counter_ns()
-        end = start + int(args.duration * 1e9)
-        next_cam, next_pose = start, start
-        while matched and not stop.is_set():
-            due = min(next_cam, next_pose)
-            if due >= end:
-                break
-            wait = due - time.perf_counter_ns()
-            if wait > 0:
-                time.sleep(wait / 1e9)
-            now = time.perf_counter_ns()
-            if now >= next_pose:
-                t = time.time_ns()
-                phase = t / 1e9
-                pose_pub.publish(rt.pose_msg(
-                    t, 'base', [0.4 + 0.05 * math.sin(phase), 0.05 * math.cos(phase), 0.3],
-                    [0.0, 0.0, math.sin(0.1 * math.sin(phase)), math.cos(0.1 * math.sin(phase))]))
+        rates = {'pose': args.pose_rate, 'camera': args.camera_rate}
+        for due, late_ns in (paced(args.duration, rates, stop) if matched else ()):
+            t = time.time_ns()
+            if due == 'pose':
+                pose_pub.publish(rt.pose_msg(t, 'base', *moving_pose(t)))
                 sent['poses'] += 1
-                next_pose += pose_period * max(1, (now - next_pose) // pose_period + 1)
-            if now >= next_cam:
-                lateness.append(now - next_cam)
-                t = time.time_ns()  # one stamp for every camera: a synchronized rig
-                for stream in streams:
+            else:
+                lateness.append(late_ns)
+                for stream in streams:  # one stamp for every camera: a synchronized rig
                     stream.send(t)
                 sent['images'] += len(streams)
-                next_cam += cam_period * max(1, (now - next_cam) // cam_period + 1)
     late = np.asarray(lateness or [0]) / 1e6
     print(json.dumps({'matched': matched, **sent,
                       'camera_late_p99_ms': float(np.percentile(late, 99))}), flush=True)
@@ -408,9 +393,7 @@ def _measure(mode, duration, rate, model, size, fusion, device, dtype, width, he
                 transport.close()
             exit_code = node.stop(signal.SIGINT, timeout=60)
         finally:
-            if publisher is not None and publisher.poll() is None:
-                publisher.kill()
-                publisher.wait()
+            kill_child(publisher)
             node.kill()
         stderr = node.stderr()
     sent = _last_json(pub_out)
@@ -496,9 +479,7 @@ def measure_with_peer(backend: str, *, ros_env: RosEnvironment, duration: float 
             alive = node.alive()
             exit_code = node.stop(signal.SIGINT, timeout=60)
         finally:
-            if peer is not None and peer.poll() is None:
-                peer.kill()
-                peer.wait()
+            kill_child(peer)
             node.kill()
         stderr = node.stderr()
     result = _last_json(out)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import struct
 import sys
@@ -145,37 +144,20 @@ def _publish(args, image_pub, pose_pub, image_cdr: bytearray, sent: dict,
              stop: threading.Event) -> None:
     """Camera and pose on absolute deadlines; header stamps = send time (time.time_ns)."""
     from vit_perception.drivers import ros_types as rt
+    from vit_perception.tools.harness import moving_pose, paced
 
-    cam_period = round(1e9 / args.camera_rate)
-    pose_period = round(1e9 / args.pose_rate)
-    start = time.perf_counter_ns()
-    end = start + int(args.duration * 1e9)
-    next_cam = next_pose = start
-    while not stop.is_set():
-        due = min(next_cam, next_pose)
-        if due >= end:
-            return
-        wait = due - time.perf_counter_ns()
-        if wait > 0:
-            time.sleep(wait / 1e9)
-        now = time.perf_counter_ns()
-        if now >= next_pose:
-            t = time.time_ns()
-            phase = t / 1e9
-            yaw = 0.1 * math.sin(phase)
-            pose_pub.publish(bytes(rt.serialize(rt.pose_msg(
-                t, 'base', [0.4 + 0.05 * math.sin(phase), 0.05 * math.cos(phase), 0.3],
-                [0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)]))))
+    rates = {'pose': args.pose_rate, 'camera': args.camera_rate}
+    for stream, _ in paced(args.duration, rates, stop):
+        t = time.time_ns()
+        if stream == 'pose':
+            pose_pub.publish(bytes(rt.serialize(rt.pose_msg(t, 'base', *moving_pose(t)))))
             sent['poses'] += 1
-            next_pose += pose_period * max(1, (now - next_pose) // pose_period + 1)
-        if now >= next_cam:
-            t = time.time_ns()
+        else:
             # CDR: 4-byte encapsulation header, then header.stamp = int32 sec, uint32 nanosec.
             struct.pack_into('<iI', image_cdr, 4, *divmod(t, 1_000_000_000))
             image_pub.publish(bytes(image_cdr))
             sent['images'] += 1
             sent['image_stamps'].append(t)
-            next_cam += cam_period * max(1, (now - next_cam) // cam_period + 1)
 
 
 if __name__ == '__main__':
