@@ -81,6 +81,7 @@ def test_ros_discovery_environment_becomes_cyclone_config_like_rmw_cyclonedds():
     local = dds.ros_discovery_config({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
                                       'ROS_STATIC_PEERS': '192.168.1.7; robot<2>'})
     assert '<AllowMulticast>false</AllowMulticast>' in local
+    assert '<NetworkInterface address="127.0.0.1"/>' in local
     assert ('<Peers><Peer address="localhost"/><Peer address="192.168.1.7"/>'
             '<Peer address="robot&lt;2&gt;"/></Peers>') in local
     assert dds.ros_discovery_config({'ROS_LOCALHOST_ONLY': '1'}) == dds.ros_discovery_config(

@@ -141,8 +141,11 @@ def ros_discovery_config(env=None) -> str:
                 f'<Tag>ros_discovery_off_{os.getpid()}</Tag></Discovery></Domain></CycloneDDS>')
     if text == 'LOCALHOST':
         peers = ['localhost', *peers]
-    general = ('<General><AllowMulticast>false</AllowMulticast></General>'
-               if text == 'LOCALHOST' else '')
+    # LOCALHOST also binds Cyclone to the loopback interface (as Humble's ROS_LOCALHOST_ONLY in
+    # rmw_cyclonedds did): with its default interface it advertises that address and a Fast DDS
+    # peer in LOCALHOST mode did not match it here.
+    general = ('<General><Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
+               '<AllowMulticast>false</AllowMulticast></General>' if text == 'LOCALHOST' else '')
     listed = ''.join(f'<Peer address="{escape(p, quote=True)}"/>' for p in peers)
     return (f'<CycloneDDS><Domain>{general}<Discovery><ParticipantIndex>auto</ParticipantIndex>'
             '<MaxAutoParticipantIndex>32</MaxAutoParticipantIndex>'
