@@ -29,7 +29,6 @@ from vit_perception.drivers.routes import RouteInput, input_routes, received_val
 from vit_perception.errors import ConfigError
 
 _log = logging.getLogger('vit_perception.dds_node')
-_LEVELS = {'info': logging.INFO, 'warn': logging.WARNING, 'error': logging.ERROR}
 
 CLOCK_TOPIC = '/clock'
 CLOCK_QOS = dds.qos_profile('best_effort', 1)  # rclcpp/rclpy ClockQoS
@@ -172,10 +171,10 @@ def run_dds_node(config: NodeConfig, engine, stop_event: threading.Event, *,
     if not dds.tune_allocator():
         _log.info('allocator not tuned (not glibc): large messages pay mmap page faults')
     transport = dds.DdsTransport(config.domain_id)
-    transport.announce_node(NODE_NAME)  # `ros2 node list` shows /vit_perception
     subscriptions: list[dds.DdsSubscription] = []
     timer = core = None
     try:
+        transport.announce_node(NODE_NAME)  # `ros2 node list` shows /vit_perception
         time_source = SimTime() if use_sim_time else WallTime()
         if use_sim_time:
             subscriptions.append(transport.subscribe(
