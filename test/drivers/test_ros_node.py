@@ -549,8 +549,11 @@ def test_dds_node_appears_in_the_ros_graph_from_the_ros_environment_alone(rclpy_
                 return ('vit_perception', '/') in probe.get_node_names_and_namespaces()
 
             assert harness.wait_for(listed, timeout=30, interval=0.2), node.stderr()[-2000:]
-            assert harness.wait_for(lambda: len(probe.get_publisher_names_and_types_by_node(
-                'vit_perception', '/')) >= 4, timeout=30, interval=0.2)
+            def published():
+                return probe.get_publisher_names_and_types_by_node('vit_perception', '/')
+
+            assert harness.wait_for(lambda: len(published()) >= 4, timeout=60, interval=0.2), (
+                published(), probe.get_topic_names_and_types(), node.stderr()[-2000:])
             publishers = dict(probe.get_publisher_names_and_types_by_node('vit_perception', '/'))
             subscribers = dict(probe.get_subscriber_names_and_types_by_node('vit_perception',
                                                                             '/'))

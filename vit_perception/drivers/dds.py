@@ -117,12 +117,13 @@ def dds_type_name(msgtype: str) -> str:
 DISCOVERY_RANGES = ('SUBNET', 'LOCALHOST', 'OFF', 'SYSTEM_DEFAULT')
 
 
-def ros_discovery_config(env=None) -> str:
+def ros_discovery_config(env=None, bind_loopback: bool = True) -> str:
     """The Cyclone config fragment rmw_cyclonedds derives from the ROS environment.
 
     ROS_AUTOMATIC_DISCOVERY_RANGE (Jazzy: SUBNET default, LOCALHOST, OFF, SYSTEM_DEFAULT),
     ROS_STATIC_PEERS (';'-separated addresses) and, when no range is set, ROS_LOCALHOST_ONLY=1
-    (Humble: LOCALHOST). Applied before $CYCLONEDDS_URI, which may override any of it.
+    (Humble: LOCALHOST). Applied before $CYCLONEDDS_URI, which may override any of it;
+    LOCALHOST binds to 127.0.0.1 when `bind_loopback` (no $CYCLONEDDS_URI to choose interfaces).
     ConfigError on an unknown range.
     """
     env = os.environ if env is None else env
@@ -144,8 +145,10 @@ def ros_discovery_config(env=None) -> str:
     # LOCALHOST also binds Cyclone to the loopback interface (as Humble's ROS_LOCALHOST_ONLY in
     # rmw_cyclonedds did): with its default interface it advertises that address and a Fast DDS
     # peer in LOCALHOST mode did not match it here.
-    general = ('<General><Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
-               '<AllowMulticast>false</AllowMulticast></General>' if text == 'LOCALHOST' else '')
+    interfaces = ('<Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
+                  if bind_loopback else '')
+    general = (f'<General>{interfaces}<AllowMulticast>false</AllowMulticast></General>'
+               if text == 'LOCALHOST' else '')
     listed = ''.join(f'<Peer address="{escape(p, quote=True)}"/>' for p in peers)
     return (f'<CycloneDDS><Domain>{general}<Discovery><ParticipantIndex>auto</ParticipantIndex>'
             '<MaxAutoParticipantIndex>32</MaxAutoParticipantIndex>'
@@ -162,8 +165,9 @@ def _configure_domain(domain_id: int) -> None:
     with _domains_lock:
         if domain_id in _domains:
             return
-        fragment = ros_discovery_config()
-        uri = os.environ.get('CYCLONEDDS_URI', '')
+        uri = os.environ.get('CYCLONEDDS_URI', '').strip()
+        # A CYCLONEDDS_URI chooses its own interfaces (Cyclone refuses one selected twice).
+        fragment = ros_discovery_config(bind_loopback=not uri)
         if fragment:
             _domains[domain_id] = Domain(domain_id, ','.join(filter(None, [fragment, uri])))
 
