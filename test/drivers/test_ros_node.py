@@ -525,40 +525,44 @@ def test_malformed_ros_args_exit_2_with_one_line(ros_args, words, capsys):
 
 
 @rclpy_test
-def test_dds_node_appears_in_the_ros_graph_from_the_ros_environment_alone(rclpy_context,
-                                                                          tiny_checkpoint,
-                                                                          monkeypatch):
+def test_dds_node_appears_in_the_ros_graph_from_the_ros_environment_alone(tiny_checkpoint):
     """The DDS node (Cyclone) configured only by ROS_DOMAIN_ID / ROS_AUTOMATIC_DISCOVERY_RANGE,
-    no CYCLONEDDS_URI, is a node with its topics to rclpy (Fast DDS) peers: `ros2 node list`."""
+    no CYCLONEDDS_URI, is a node with its topics to rclpy (Fast DDS) peers: `ros2 node list`.
+    A domain of its own: nodes of earlier tests named vit_perception stay out of the graph."""
+    ros()
     import os
+
+    import rclpy
 
     from vit_perception.tools import harness
 
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1')
+    domain = harness.pick_domain()
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
+               ROS_DOMAIN_ID=str(domain))
     env.pop('CYCLONEDDS_URI', None)
-    env.setdefault('ROS_DOMAIN_ID', str(harness.pick_domain()))
-    monkeypatch.setenv('ROS_DOMAIN_ID', env['ROS_DOMAIN_ID'])  # rclpy_context: already on it
     argv = harness.cli_command('node', '--backend', 'dds', '--model', tiny_checkpoint, '--set',
                                'engine.device=cpu', '--set', 'engine.warmup_iters=0')
-    probe = rclpy_context.create_node('graph_probe')
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    probe = rclpy.create_node('graph_probe', context=context)
+
+    def published():
+        if ('vit_perception', '/') not in probe.get_node_names_and_namespaces():
+            return []  # (asking about a node not discovered yet raises)
+        return probe.get_publisher_names_and_types_by_node('vit_perception', '/')
+
     with harness.NodeProcess(None, 0, argv=argv, env=env) as node:
         try:
             node.wait_running(timeout=120)
-
-            def listed():
-                return ('vit_perception', '/') in probe.get_node_names_and_namespaces()
-
-            assert harness.wait_for(listed, timeout=30, interval=0.2), node.stderr()[-2000:]
-            def published():
-                return probe.get_publisher_names_and_types_by_node('vit_perception', '/')
-
             assert harness.wait_for(lambda: len(published()) >= 4, timeout=60, interval=0.2), (
-                published(), probe.get_topic_names_and_types(), node.stderr()[-2000:])
-            publishers = dict(probe.get_publisher_names_and_types_by_node('vit_perception', '/'))
+                probe.get_node_names_and_namespaces(), published(), node.stderr()[-2000:])
+            assert ('vit_perception', '/') in probe.get_node_names_and_namespaces()
+            publishers = dict(published())
             subscribers = dict(probe.get_subscriber_names_and_types_by_node('vit_perception',
                                                                             '/'))
         finally:
             probe.destroy_node()
+            rclpy.try_shutdown(context=context)
         assert node.stop() == 0
         node.close()
     assert publishers['/vit_perception/action'] == ['vit_perception/msg/ActionChunk']
