@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 
 import numpy as np
 
 from vit_perception.drivers import ros_types as rt
+from vit_perception.tools import harness
 
 # Cyclone (the 11.0 wheel and Debian's 0.10) on the loopback interface only, multicast on it:
 # the tests never touch the network and need nothing from the machine.
@@ -33,12 +33,7 @@ def use_loopback(monkeypatch) -> int:
 
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.01) -> bool:
     """Poll `predicate` until true or `timeout` s pass; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return bool(predicate())
-        time.sleep(interval)
-    return True
+    return harness.wait_for(predicate, timeout, interval)
 
 
 # Topics of the separate-process publisher test.

@@ -74,6 +74,50 @@ def test_domain_id_resolution(monkeypatch):
         dds.resolve_domain_id(233)
 
 
+def test_ros_discovery_environment_becomes_cyclone_config_like_rmw_cyclonedds():
+    subnet = dds.ros_discovery_config({})
+    assert '<ParticipantIndex>auto</ParticipantIndex>' in subnet and '<Peers>' not in subnet
+    assert 'AllowMulticast' not in subnet  # multicast stays on
+    local = dds.ros_discovery_config({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+                                      'ROS_STATIC_PEERS': '192.168.1.7; robot<2>'})
+    assert '<AllowMulticast>false</AllowMulticast>' in local
+    assert '<NetworkInterface address="127.0.0.1"/>' in local
+    assert ('<Peers><Peer address="localhost"/><Peer address="192.168.1.7"/>'
+            '<Peer address="robot&lt;2&gt;"/></Peers>') in local
+    assert dds.ros_discovery_config({'ROS_LOCALHOST_ONLY': '1'}) == dds.ros_discovery_config(
+        {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'})  # Humble's variable
+    assert dds.ros_discovery_config({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET',
+                                     'ROS_LOCALHOST_ONLY': '1'}) == subnet  # the range wins
+    off = dds.ros_discovery_config({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'OFF',
+                                    'ROS_STATIC_PEERS': 'a'})
+    assert '<Tag>ros_discovery_off_' in off and 'Peer' not in off
+    assert dds.ros_discovery_config({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SYSTEM_DEFAULT'}) == ''
+    with pytest.raises(ConfigError, match='expected one of SUBNET, LOCALHOST, OFF'):
+        dds.ros_discovery_config({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LAN'})
+
+
+def test_announced_node_lists_its_endpoint_gids(transport, domain):
+    pub = transport.publisher('/t/out', rt.POSE_STAMPED)
+    transport.announce_node('vit_perception', '/arm')
+    sub = transport.subscribe('/t/in', rt.POSE_STAMPED, dds.DEFAULT, lambda msg: None)
+    participant = DomainParticipant(domain)
+    topic = Topic(participant, 'ros_discovery_info',
+                  dds.cdr_type(rt.PARTICIPANT_ENTITIES_INFO))
+    reader = DataReader(participant, topic, qos=Qos(
+        Policy.Reliability.Reliable(0), Policy.Durability.TransientLocal,
+        Policy.History.KeepLast(1), Policy.DataRepresentation(use_cdrv0_representation=True)))
+    samples = []
+    assert dt.wait_until(lambda: samples.extend(reader.take(N=10)) or any(
+        len(rt.deserialize(s.cdr, rt.PARTICIPANT_ENTITIES_INFO).node_entities_info_seq[0]
+            .reader_gid_seq) == 1 for s in samples), timeout=20)
+    info = rt.deserialize(samples[-1].cdr, rt.PARTICIPANT_ENTITIES_INFO)
+    node = info.node_entities_info_seq[0]
+    assert (node.node_namespace, node.node_name) == ('/arm', 'vit_perception')
+    assert [bytes(g.data) for g in node.writer_gid_seq] == [pub.guid]
+    assert [bytes(g.data) for g in node.reader_gid_seq] == [sub.guid]
+    assert len(bytes(info.gid.data)) == rt.gid_size() == 16  # Jazzy (24 with ROS_DISTRO=humble)
+
+
 def test_qos_profiles():
     assert (dds.SENSOR_DATA.reliability, dds.SENSOR_DATA.depth) == ('best_effort', 5)
     assert (dds.DEFAULT.reliability, dds.DEFAULT.depth) == ('reliable', 10)

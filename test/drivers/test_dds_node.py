@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from vit_perception.config import NodeConfig
-from vit_perception.core.types import ActionChunkResult
 from vit_perception.drivers import dds, dds_node
 from vit_perception.drivers import ros_types as rt
 from vit_perception.errors import ConfigError
@@ -104,24 +103,6 @@ def test_sim_time_follows_clock_messages_and_wakes_on_jumps():
 
 # --------------------------------------------------------------------------------- the node
 
-class FakeEngine:
-    """Embedding = pose position; chunk[i] = position + i (3 actions)."""
-
-    model_id = 'fake-model'
-    action_names = ['x', 'y', 'z']
-    dt = 0.1
-    horizon = 4
-    fusion = 'early'
-
-    def infer(self, obs):
-        position = obs.pose.position.astype(np.float32)
-        chunk = position[None, :] + np.arange(self.horizon, dtype=np.float32)[:, None]  # (H, 3)
-        return ActionChunkResult(obs.stamp_ns, position, chunk, {'model': 1.0})
-
-    def refresh(self, pose, proprio=None):
-        return None
-
-
 def node_config(domain: int, **overrides) -> NodeConfig:
     data = {'domain_id': domain, 'diagnostics_period': 0.2,
             'control': {'control_rate_hz': 50.0},
@@ -146,11 +127,11 @@ class Recorder:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_node_turns_images_and_poses_into_ros_outputs(monkeypatch):
+def test_node_turns_images_and_poses_into_ros_outputs(monkeypatch, fake_engine):
     domain = dt.use_loopback(monkeypatch)
     config = node_config(domain)
     stop = threading.Event()
-    node = threading.Thread(target=dds_node.run_dds_node, args=(config, FakeEngine(), stop))
+    node = threading.Thread(target=dds_node.run_dds_node, args=(config, fake_engine, stop))
     with dds.DdsTransport(domain) as transport:
         out = Recorder(transport, config)
         images = transport.publisher(config.topics.cameras[0], rt.IMAGE, dds.SENSOR_DATA)
@@ -205,12 +186,14 @@ def test_node_turns_images_and_poses_into_ros_outputs(monkeypatch):
     diag = out.msgs[config.topics.diagnostics][-1]
     assert diag.status[0].name == 'vit_perception: perception'
     assert _diag_value(diag, 'dds.domain_id') == str(domain)
-    assert int(_diag_value(diag, f'dds.received.{config.topics.pose}')) >= 1
+    assert diag.status[0].hardware_id == 'vit_perception'
+    assert int(_diag_value(diag, f'rx.{config.topics.pose}')) >= 1
+    assert int(_diag_value(diag, f'rx.{config.topics.cameras[0]}')) >= len(image_stamps)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_node_follows_sim_time(monkeypatch):
+def test_node_follows_sim_time(monkeypatch, fake_engine):
     domain = dt.use_loopback(monkeypatch)
     config = node_config(domain)
     stop = threading.Event()
@@ -244,7 +227,7 @@ def test_node_follows_sim_time(monkeypatch):
         def publish_diagnostics(self):
             pass
 
-    node = threading.Thread(target=dds_node.run_dds_node, args=(config, FakeEngine(), stop),
+    node = threading.Thread(target=dds_node.run_dds_node, args=(config, fake_engine, stop),
                             kwargs={'use_sim_time': True, 'core_factory': ClockProbe})
     node.start()
     try:
@@ -272,11 +255,7 @@ def _diag_value(msg, key: str) -> str | None:
     return next((kv.value for kv in msg.status[0].values if kv.key == key), None)
 
 
-@pytest.mark.parametrize('override, match', [
-    ({'pose_input': {'source': 'tf'}}, 'needs the rclpy backend'),
-    ({'topics': {'twist': '/servo/twist'}}, 'needs the rclpy backend'),
-])
-def test_rclpy_only_settings_are_refused_before_anything_runs(override, match):
-    with pytest.raises(ConfigError, match=match):
-        dds_node.run_dds_node(NodeConfig.from_dict(override), engine=None,
-                              stop_event=threading.Event())
+def test_tf_pose_input_is_refused_before_anything_runs():
+    with pytest.raises(ConfigError, match='needs the rclpy backend'):
+        dds_node.run_dds_node(NodeConfig.from_dict({'pose_input': {'source': 'tf'}}),
+                              engine=None, stop_event=threading.Event())

@@ -28,6 +28,7 @@ from vit_perception.core.engine import Engine
 from vit_perception.core.types import NS_PER_S, Observation, PoseSample
 from vit_perception.drivers import dds
 from vit_perception.drivers import ros_types as rt
+from vit_perception.tools import harness
 from vit_perception.tools import live_bench as lb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # local helpers (importlib mode)
@@ -64,7 +65,7 @@ class Wire:
     """The node process + this process's publishers, recorder and a 100 Hz pose stream."""
 
     def __init__(self, checkpoint: Path, domain: int):
-        self.node = lb.NodeProcess(checkpoint, domain, NODE_SETTINGS)
+        self.node = harness.NodeProcess(checkpoint, domain, NODE_SETTINGS)
         self.transport = None
         self.bad_stamps: set[int] = set()
         self.expected_logs: list[tuple[str, tuple[str, ...]]] = []  # (case, texts on a line)
@@ -115,7 +116,8 @@ class Wire:
             now = self.drops()
             return all(now.get(r, 0) - before.get(r, 0) >= n for r, n in added.items())
 
-        assert lb.wait_for(grown, timeout=20), (added, self.drops(), self.node.stderr()[-2000:])
+        assert harness.wait_for(grown, timeout=20), (added, self.drops(),
+                                                     self.node.stderr()[-2000:])
         now = self.drops()
         assert {r: now.get(r, 0) - before.get(r, 0) for r in added} == added
 
@@ -172,7 +174,7 @@ class Wire:
         self.valid[stamp] = Observation(
             stamp, (rt.image_from_msg(raw, 0), rt.compressed_from_msg(png, 1)),
             PoseSample(stamp, FRAME, POSITION, IDENTITY) if pose is None else pose)
-        assert lb.wait_for(lambda: stamp in self.recorder.observation_stamps(), timeout=20), \
+        assert harness.wait_for(lambda: stamp in self.recorder.observation_stamps(), timeout=20), \
             self.node.stderr()[-2000:]
         return stamp
 
@@ -395,7 +397,7 @@ def test_repeated_bad_input_is_logged_once_per_throttle_period(wire):
     time.sleep(THROTTLE + 0.1)
     wire.pose.publish(rt.pose_msg(0, FRAME, POSITION, IDENTITY))
     wire.expect_drops(before, {'pose_zero_stamp': 31})
-    assert lb.wait_for(lambda: 'similar suppressed' in wire.node.stderr(), timeout=10)
+    assert harness.wait_for(lambda: 'similar suppressed' in wire.node.stderr(), timeout=10)
     lines = [line for line in wire.node.stderr().splitlines() if '(pose_zero_stamp)' in line]
     new = lines[log_before:]
     assert 2 <= len(new) <= 3  # the burst is processed within one throttle period or two

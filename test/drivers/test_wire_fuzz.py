@@ -4,7 +4,7 @@ The node (`vit-perception node --backend dds`, 2-camera tiny checkpoint: raw Ima
 CompressedImage, pose on PoseStamped) gets, on all three inputs: messages with random field
 values (numpy and hypothesis), valid messages with random bytes changed, truncated valid
 messages and random bytes behind a CDR header, while a valid 100 Hz pose stream keeps the
-pipeline busy. Counts come from the node's own /diagnostics (`dds.received.*`, `dds.errors.*`).
+pipeline busy. Counts come from the node's own /diagnostics (`rx.<topic>`, `drops.<reason>`).
 
 Cyclone checks a sample's CDR structure against the topic type when it is written (and when it
 is received): structurally broken samples are refused by the writer (`DDS_RETCODE_BAD_PARAMETER`)
@@ -33,6 +33,7 @@ from vit_perception.config import tiny_config
 from vit_perception.core.images import ENCODINGS
 from vit_perception.drivers import dds
 from vit_perception.drivers import ros_types as rt
+from vit_perception.tools import harness
 from vit_perception.tools import live_bench as lb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # local helpers (importlib mode)
@@ -211,8 +212,7 @@ class Fuzzer:
 
 def delivered(values: dict[str, str]) -> int:
     """Messages the node took off its three input readers (decoded or not)."""
-    return sum(int(values.get(f'dds.{kind}.{topic}', 0)) for topic in (RAW, COMPRESSED, POSE)
-               for kind in ('received', 'errors'))
+    return sum(int(values.get(f'rx.{topic}', 0)) for topic in (RAW, COMPRESSED, POSE))
 
 
 @pytest.fixture(scope='module')
@@ -225,7 +225,7 @@ def checkpoint(tmp_path_factory):
 @pytest.mark.timeout(180)
 def test_node_survives_10k_hostile_messages(checkpoint, monkeypatch):
     domain = dt.use_loopback(monkeypatch)
-    node = lb.NodeProcess(checkpoint, domain, NODE_SETTINGS)
+    node = harness.NodeProcess(checkpoint, domain, NODE_SETTINGS)
     stop = threading.Event()
     stream = None
     try:
@@ -261,14 +261,14 @@ def test_node_survives_10k_hostile_messages(checkpoint, monkeypatch):
 
             def pace() -> None:  # stay within the readers' history depth
                 assert node.alive(), node.stderr()[-3000:]
-                lb.wait_for(lambda: fuzz.accepted - node_took() < 150, timeout=10)
+                harness.wait_for(lambda: fuzz.accepted - node_took() < 150, timeout=10)
 
             while node_took() < TARGET + 200 and time.monotonic() - start < 90:
                 fuzz.round(100)
                 pace()
                 peak = max(peak, node.rss_bytes())
             hypothesis_fuzz(fuzz, pace)
-            lb.wait_for(lambda: node_took() >= fuzz.accepted, timeout=10)
+            harness.wait_for(lambda: node_took() >= fuzz.accepted, timeout=10)
             took = node_took()
             rss_after = node.rss_bytes()
             peak = max(peak, rss_after)
@@ -356,7 +356,7 @@ def hypothesis_fuzz(fuzz: Fuzzer, pace) -> None:
     compressed()
 
 
-def assert_answers(fuzz: Fuzzer, recorder: lb.OutputRecorder, node: lb.NodeProcess) -> None:
+def assert_answers(fuzz: Fuzzer, recorder: lb.OutputRecorder, node: harness.NodeProcess) -> None:
     """A valid image pair (poses are streaming) yields an ActionChunk with its stamp.
 
     Up to three pairs: a fuzzed frame still waiting for its partner camera may take the first.
@@ -366,8 +366,10 @@ def assert_answers(fuzz: Fuzzer, recorder: lb.OutputRecorder, node: lb.NodeProce
         pixels = fuzz.rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
         fuzz.pubs[RAW].publish(rt.image_msg(stamp, 'cam_raw', pixels, 'rgb8'))
         fuzz.pubs[COMPRESSED].publish(rt.compressed_image_msg(stamp, 'cam_png', fuzz.png, 'png'))
-        if lb.wait_for(lambda stamp=stamp: stamp in {s for _, s in recorder.snapshot().chunks},
-                       timeout=10):
+        def answered(stamp=stamp):
+            return stamp in {s for _, s in recorder.snapshot().chunks}
+
+        if harness.wait_for(answered, timeout=10):
             return
     raise AssertionError('no ActionChunk for three valid image pairs:\n'
                          + node.stderr()[-3000:])

@@ -320,8 +320,11 @@ def test_bad_exports_are_one_line_errors_and_leave_nothing_behind(bags, exported
                                                                   capsys):
     line = one_line_error(capsys, ['export', str(bags), '--to-lerobot', str(exported)])
     assert 'exists: expected a new (or empty) dataset directory' in line
-    line = one_line_error(capsys, ['export', str(bags)])
-    assert 'one of the arguments --onnx --to-lerobot is required' in line
+    with pytest.raises(SystemExit) as stop:  # argparse: one line, exit code 2
+        cli.main(['export', str(bags)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'one of the arguments --onnx --to-lerobot is required' in err[0]
 
     synthetic_bag(tmp_path / 'gap', gap_at=3)
     line = one_line_error(capsys, ['export', str(tmp_path / 'gap'), '--to-lerobot',

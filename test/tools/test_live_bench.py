@@ -124,3 +124,57 @@ def test_soak_smoke_run(checkpoints, capsys):
     assert report['duration_s'] == 4.0 and report['warmup_s'] == 2.0
     text = lb.format_report(report)
     assert text.startswith('bench --soak: ') and '4 x 64x48 rgb8' in text
+
+
+# ------------------------------------------------------------------------------------------
+# --backend ros|dds: the figures from the rclpy peer's records
+# ------------------------------------------------------------------------------------------
+
+def test_summarize_peer_counts_chunks_per_image_action_gaps_latency_and_rx():
+    start = T0
+    images = [T0 + k * 33 * MS for k in range(4)]
+    peer = {
+        'start_ns': start, 'end_ns': T0 + 200 * MS, 'images': 4, 'poses': 20,
+        'image_stamps': images,
+        # image 1 twice (an embedding-less repeat counts once), image 3 never; one foreign stamp
+        'chunks': [(images[0] + 20 * MS, images[0]), (images[1] + 30 * MS, images[1]),
+                   (images[1] + 31 * MS, images[1]), (images[2] + 60 * MS, images[2]),
+                   (T0 + 5 * MS, T0 - 10**9)],
+        # actions every 20 ms from T0 + 30 ms, with a 100 ms hole after T0 + 70 ms
+        'actions': [(T0 + t * MS, T0 + t * MS, images[0]) for t in (30, 50, 70, 170, 190)]
+        + [(T0 - MS, T0 - MS, 0)],  # before the window
+        'diagnostics': [(T0 + 150 * MS, 0, 'publishing actions',
+                         {'rx./camera/image_raw': '4', 'rx./ee_pose': '19', 'drops.stale': '2',
+                          'model_id': 'm'})],
+    }
+    out = lb.summarize_peer(peer, rate=50.0)
+    assert out['images_to_chunks'] == 3 and out['sent'] == {'images': 4, 'poses': 20}
+    assert out['actions'] == 5 and out['action_rate_hz'] == pytest.approx(25.0)
+    assert out['first_action_after_s'] == pytest.approx(0.03)
+    assert out['first_chunk_after_s'] == pytest.approx(0.02)
+    # gaps 20, 20, 100, 20 and 10 ms to the end of publishing
+    assert out['max_action_gap_ms'] == pytest.approx(100.0)
+    assert out['action_gaps_over_100ms'] == 0
+    latency = out['latency_ms']['image_to_chunk']
+    assert latency['n'] == 4 and latency['max'] == pytest.approx(60.0)
+    assert out['node_received'] == {'/camera/image_raw': 4, '/ee_pose': 19}
+    assert out['drops_total'] == {'stale': 2}
+    assert out['diagnostics_message_end'] == 'publishing actions'
+    table = lb.format_peer_report({'machine': {'cpus': 2, 'load_avg': [1.0], 'ros_env': 'x'},
+                                   'runs': [dict(out, backend='ros', node_cpu_s=1.5,
+                                                 node_tracebacks=0, node_exit_code=0,
+                                                 stalls_logged=0)]})
+    assert '| images turned into chunks (of sent) | 3 of 4 |' in table
+    assert '| node CPU-seconds | 1.5 |' in table
+
+
+def test_backend_goes_with_live_only_and_needs_rclpy_somewhere(monkeypatch, tmp_path):
+    from vit_perception.errors import ConfigError
+    from vit_perception.tools import harness
+
+    with pytest.raises(ConfigError, match='--backend goes with --live'):
+        lb.run(parse('--soak', '5', '--backend', 'dds'))
+    monkeypatch.delenv(harness.ROS_ENV_VARIABLE, raising=False)
+    with pytest.raises(ConfigError, match='check_ros_jazzy.sh --dir') as info:
+        harness.RosEnvironment.find(tmp_path / 'nothing_here')
+    assert '\n' not in str(info.value)

@@ -21,6 +21,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from vit_perception.config import tiny_config
 from vit_perception.drivers import dds
 from vit_perception.drivers import ros_types as rt
+from vit_perception.tools import harness
 from vit_perception.tools import live_bench as lb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'drivers'))  # DDS test helpers
@@ -42,7 +43,7 @@ def checkpoint(tmp_path_factory):
 @pytest.mark.parametrize('sig', SIGNALS)
 def test_dds_node_exits_0_on_signal_while_busy(sig, checkpoint, monkeypatch):
     domain = dt.use_loopback(monkeypatch)
-    node = lb.NodeProcess(checkpoint, domain, ENGINE + ['diagnostics_period=0.2'])
+    node = harness.NodeProcess(checkpoint, domain, ENGINE + ['diagnostics_period=0.2'])
     stop = threading.Event()
     feeder = None
     try:
@@ -66,7 +67,7 @@ def test_dds_node_exits_0_on_signal_while_busy(sig, checkpoint, monkeypatch):
 
             feeder = threading.Thread(target=feed, daemon=True)
             feeder.start()
-            assert lb.wait_for(lambda: len(recorder.snapshot().chunks) >= 5 and
+            assert harness.wait_for(lambda: len(recorder.snapshot().chunks) >= 5 and
                                len(recorder.snapshot().actions) >= 5, timeout=30), \
                 node.stderr()[-3000:]
             started = time.monotonic()
@@ -93,13 +94,13 @@ def test_dds_node_exits_0_on_signal_while_busy(sig, checkpoint, monkeypatch):
 def test_dds_node_exits_0_on_signal_while_loading_the_model(sig, checkpoint, monkeypatch):
     domain = dt.use_loopback(monkeypatch)
     # 2000 warm-up passes at 640x480: seconds of loading to send the signal into.
-    node = lb.NodeProcess(checkpoint, domain, ENGINE[:-1] + ['engine.warmup_iters=2000'])
+    node = harness.NodeProcess(checkpoint, domain, ENGINE[:-1] + ['engine.warmup_iters=2000'])
     try:
         node.start()
-        assert lb.wait_for(lambda: 'vit-perception node: loading' in node.stderr() or
+        assert harness.wait_for(lambda: 'vit-perception node: loading' in node.stderr() or
                            not node.alive(), timeout=60)
         time.sleep(0.5)
-        assert lb.RUNNING_LINE not in node.stderr()  # still loading
+        assert harness.DDS_READY not in node.stderr()  # still loading
         code = node.stop(sig, timeout=30)
     finally:
         node.kill()
@@ -144,14 +145,15 @@ def test_replay_interrupted_keeps_a_complete_readable_bag(sig, storage, checkpoi
                                                           tmp_path):
     out = tmp_path / 'out'
     log = tmp_path / 'replay.log'
-    argv = lb.cli_command('replay', str(long_bag), '--model', str(checkpoint), '--out', str(out),
-                          '--storage', storage, *[a for s in ENGINE for a in ('--set', s)])
+    argv = harness.cli_command('replay', str(long_bag), '--model', str(checkpoint), '--out',
+                               str(out), '--storage', storage,
+                               *[a for s in ENGINE for a in ('--set', s)])
     with open(log, 'wb') as stderr:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=stderr, env=lb.loopback_env())
+                                stderr=stderr, env=harness.loopback_env())
     try:
         # The output bag exists once the model is loaded and the replay loop has started.
-        assert lb.wait_for(lambda: out.exists() or proc.poll() is not None, timeout=60)
+        assert harness.wait_for(lambda: out.exists() or proc.poll() is not None, timeout=60)
         time.sleep(2.0)  # well into the bag (120 s of bag take longer than this to replay)
         assert proc.poll() is None, log.read_text()[-3000:]
         proc.send_signal(sig)

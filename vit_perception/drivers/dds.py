@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from html import escape
 
 from cyclonedds.core import (
     DDSException,
@@ -39,7 +40,7 @@ from cyclonedds.core import (
     ViewState,
     WaitSet,
 )
-from cyclonedds.domain import DomainParticipant
+from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.idl import make_idl_struct
 from cyclonedds.idl import types as idl
 from cyclonedds.internal import InvalidSample
@@ -111,6 +112,64 @@ def dds_type_name(msgtype: str) -> str:
         raise ConfigError(f'message type {msgtype!r}: expected pkg/msg/Type')
     pkg, kind, name = parts
     return f'{pkg}::{kind}::dds_::{name}_'
+
+
+DISCOVERY_RANGES = ('SUBNET', 'LOCALHOST', 'OFF', 'SYSTEM_DEFAULT')
+
+
+def ros_discovery_config(env=None, bind_loopback: bool = True) -> str:
+    """The Cyclone config fragment rmw_cyclonedds derives from the ROS environment.
+
+    ROS_AUTOMATIC_DISCOVERY_RANGE (Jazzy: SUBNET default, LOCALHOST, OFF, SYSTEM_DEFAULT),
+    ROS_STATIC_PEERS (';'-separated addresses) and, when no range is set, ROS_LOCALHOST_ONLY=1
+    (Humble: LOCALHOST). Applied before $CYCLONEDDS_URI, which may override any of it;
+    LOCALHOST binds to 127.0.0.1 when `bind_loopback` (no $CYCLONEDDS_URI to choose interfaces).
+    ConfigError on an unknown range.
+    """
+    env = os.environ if env is None else env
+    text = env.get('ROS_AUTOMATIC_DISCOVERY_RANGE', '').strip().upper()
+    if not text:
+        text = 'LOCALHOST' if env.get('ROS_LOCALHOST_ONLY', '').strip() == '1' else 'SUBNET'
+    if text not in DISCOVERY_RANGES:
+        raise ConfigError(f'ROS_AUTOMATIC_DISCOVERY_RANGE={text!r}: expected one of '
+                          f'{", ".join(DISCOVERY_RANGES)}')
+    peers = [p.strip() for p in env.get('ROS_STATIC_PEERS', '').split(';') if p.strip()]
+    if text == 'SYSTEM_DEFAULT':
+        return ''
+    if text == 'OFF':  # nothing discovers this participant (a per-process domain tag)
+        return ('<CycloneDDS><Domain><General><AllowMulticast>false</AllowMulticast></General>'
+                '<Discovery><ParticipantIndex>none</ParticipantIndex>'
+                f'<Tag>ros_discovery_off_{os.getpid()}</Tag></Discovery></Domain></CycloneDDS>')
+    if text == 'LOCALHOST':
+        peers = ['localhost', *peers]
+    # LOCALHOST also binds Cyclone to the loopback interface (as Humble's ROS_LOCALHOST_ONLY in
+    # rmw_cyclonedds did): with its default interface it advertises that address and a Fast DDS
+    # peer in LOCALHOST mode did not match it here.
+    interfaces = ('<Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
+                  if bind_loopback else '')
+    general = (f'<General>{interfaces}<AllowMulticast>false</AllowMulticast></General>'
+               if text == 'LOCALHOST' else '')
+    listed = ''.join(f'<Peer address="{escape(p, quote=True)}"/>' for p in peers)
+    return (f'<CycloneDDS><Domain>{general}<Discovery><ParticipantIndex>auto</ParticipantIndex>'
+            '<MaxAutoParticipantIndex>32</MaxAutoParticipantIndex>'
+            f'{"<Peers>" + listed + "</Peers>" if listed else ""}</Discovery></Domain>'
+            '</CycloneDDS>')
+
+
+_domains: dict[int, Domain] = {}  # configured once per process and domain id, kept
+_domains_lock = threading.Lock()
+
+
+def _configure_domain(domain_id: int) -> None:
+    """Create the Cyclone domain with the ROS discovery settings + $CYCLONEDDS_URI (once)."""
+    with _domains_lock:
+        if domain_id in _domains:
+            return
+        uri = os.environ.get('CYCLONEDDS_URI', '').strip()
+        # A CYCLONEDDS_URI chooses its own interfaces (Cyclone refuses one selected twice).
+        fragment = ros_discovery_config(bind_loopback=not uri)
+        if fragment:
+            _domains[domain_id] = Domain(domain_id, ','.join(filter(None, [fragment, uri])))
 
 
 def resolve_domain_id(domain_id: int = -1) -> int:
@@ -271,6 +330,11 @@ class DdsPublisher:
         self._writer = DataWriter(participant, topic, qos=_cyclone_qos(qos, msgtype),
                                   listener=self._listener)
 
+    @property
+    def guid(self) -> bytes:
+        """The writer's DDS GUID (16 bytes): its rmw gid."""
+        return self._writer.guid.bytes
+
     def publish(self, msg: object) -> None:
         """Serialize a message of this publisher's type (rosbags) and send it."""
         self.publish_cdr(ros_types.serialize(msg, self.msgtype))
@@ -318,6 +382,11 @@ class DdsSubscription:
                                   listener=self._listener)
         self.condition = ReadCondition(
             self._reader, SampleState.Any | ViewState.Any | InstanceState.Any)
+
+    @property
+    def guid(self) -> bytes:
+        """The reader's DDS GUID (16 bytes): its rmw gid."""
+        return self._reader.guid.bytes
 
     def matched(self) -> int:
         """Number of publishers currently matched (any vendor, any process)."""
@@ -389,7 +458,10 @@ class DdsTransport:
     def __init__(self, domain_id: int = -1, on_error: ErrorCallback | None = None):
         self.domain_id = resolve_domain_id(domain_id)
         self.on_error = on_error or _log_error
+        _configure_domain(self.domain_id)
         self._participant = DomainParticipant(self.domain_id)
+        self._node: tuple[str, str] | None = None  # (namespace, name) once announced
+        self._discovery_writer = None
         self._lock = threading.Lock()
         self._topics: dict[str, tuple[Topic, str]] = {}
         self._publishers: list[DdsPublisher] = []
@@ -408,6 +480,7 @@ class DdsTransport:
             pub = DdsPublisher(self._participant, self._topic(topic, msgtype), topic, msgtype,
                                qos, self.on_error)
             self._publishers.append(pub)
+            self._announce()
         return pub
 
     def subscribe(self, topic: str, msgtype: str, qos: QosSpec,
@@ -424,6 +497,7 @@ class DdsTransport:
             sub = DdsSubscription(self._participant, self._topic(topic, msgtype), topic,
                                   msgtype, qos, callback, on_error or self.on_error, raw)
             self._subscriptions.append(sub)
+            self._announce()
             self._waitset.attach(sub.condition)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name='dds-dispatch',
@@ -431,6 +505,32 @@ class DdsTransport:
                 self._thread.start()
         self._wake.set(True)
         return sub
+
+    def announce_node(self, name: str, namespace: str = '/') -> None:
+        """Appear in the ROS graph as node `namespace/name` (`ros2 node list`), owning this
+        transport's publishers and subscriptions, as rmw does: a ParticipantEntitiesInfo on
+        ros_discovery_info (reliable, transient local, depth 1), re-sent when endpoints change.
+        """
+        with self._lock:
+            self._check_open()
+            if self._discovery_writer is None:
+                qos = _cyclone_qos(qos_profile('reliable', 1, 'transient_local'),
+                                   ros_types.PARTICIPANT_ENTITIES_INFO)
+                topic = self._topic('ros_discovery_info', ros_types.PARTICIPANT_ENTITIES_INFO,
+                                    dds_name='ros_discovery_info')
+                self._discovery_writer = DataWriter(self._participant, topic, qos=qos)
+            self._node = (namespace, name)
+            self._announce()
+
+    def _announce(self) -> None:
+        """Publish the node's entities (under self._lock; no-op before announce_node)."""
+        if self._node is None or self._closed:
+            return
+        msg = ros_types.participant_entities_info_msg(
+            self._participant.guid.bytes, *self._node,
+            [s.guid for s in self._subscriptions], [p.guid for p in self._publishers])
+        cdr = ros_types.serialize(msg, ros_types.PARTICIPANT_ENTITIES_INFO)
+        self._discovery_writer.write(cdr_type(ros_types.PARTICIPANT_ENTITIES_INFO)(bytes(cdr)))
 
     def close_subscriptions(self) -> None:
         """Stop the dispatcher and delete every reader; publishers keep working."""
@@ -455,6 +555,7 @@ class DdsTransport:
             self._closed = True
         for pub in self._publishers:
             pub.close()
+        _delete(self._discovery_writer)
         _delete(self._waitset)
         _delete(self._wake)
         for topic, _ in self._topics.values():
@@ -471,15 +572,15 @@ class DdsTransport:
         if self._closed or (subscribing and self._dispatch_stopped):
             raise ConfigError('DDS transport is closed: create a new DdsTransport')
 
-    def _topic(self, topic: str, msgtype: str) -> Topic:
-        name = dds_topic_name(topic)
+    def _topic(self, topic: str, msgtype: str, dds_name: str | None = None) -> Topic:
+        name = dds_name or dds_topic_name(topic)
         if name in self._topics:
             entity, have = self._topics[name]
             if have != msgtype:
                 raise ConfigError(f'topic {topic} is already used with type {have}, not '
                                   f'{msgtype}: expected one type per topic')
             return entity
-        ros_types.typestore().get_msgdef(msgtype)  # build the (de)serializers up front
+        ros_types.prepare(msgtype)
         entity = Topic(self._participant, name, cdr_type(msgtype))
         self._topics[name] = (entity, msgtype)
         return entity

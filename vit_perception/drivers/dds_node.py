@@ -22,12 +22,13 @@ from collections.abc import Callable
 import numpy as np
 
 from vit_perception.config import NODE_NAME, NodeConfig
-from vit_perception.core.types import NS_PER_S, ActionChunkResult
+from vit_perception.core.types import NS_PER_S
 from vit_perception.drivers import dds, ros_types
+from vit_perception.drivers.outputs import MessageOutputs
+from vit_perception.drivers.routes import RouteInput, input_routes, received_values
 from vit_perception.errors import ConfigError
 
 _log = logging.getLogger('vit_perception.dds_node')
-_LEVELS = {'info': logging.INFO, 'warn': logging.WARNING, 'error': logging.ERROR}
 
 CLOCK_TOPIC = '/clock'
 CLOCK_QOS = dds.qos_profile('best_effort', 1)  # rclcpp/rclpy ClockQoS
@@ -151,54 +152,6 @@ class ControlTimer:
 
 
 # ------------------------------------------------------------------------------------------
-# Outputs: core results -> DDS messages
-# ------------------------------------------------------------------------------------------
-
-class DdsOutputs:
-    """PerceptionCore Outputs publishing ROS 2 messages through a DdsTransport."""
-
-    def __init__(self, transport: dds.DdsTransport, config: NodeConfig, model_id: str,
-                 action_names: list[str], dt: float, clock: Callable[[], int],
-                 extra_values: Callable[[], dict[str, str]] | None = None):
-        topics, qos = config.topics, config.qos
-        out_qos = dds.qos_profile(qos.output_reliability, qos.output_depth)
-        self.model_id = model_id
-        self.action_names = list(action_names)
-        self.dt = float(dt)
-        self.frame_id = config.sync.pose_frame_id
-        self._clock = clock
-        self._extra_values = extra_values
-        self._embedding = transport.publisher(topics.embedding, ros_types.EMBEDDING, out_qos)
-        self._chunk = transport.publisher(topics.action_chunk, ros_types.ACTION_CHUNK, out_qos)
-        self._action = transport.publisher(topics.action, ros_types.ACTION_CHUNK, out_qos)
-        self._diagnostics = transport.publisher(topics.diagnostics, ros_types.DIAGNOSTIC_ARRAY,
-                                                dds.DEFAULT)
-
-    def publish_embedding(self, result: ActionChunkResult, frame_id: str) -> None:
-        self._embedding.publish(ros_types.embedding_msg(result, self.model_id, frame_id))
-
-    def publish_chunk(self, result: ActionChunkResult) -> None:
-        stamp = result.observation_stamp_ns
-        self._chunk.publish(ros_types.action_chunk_msg(
-            stamp, self.action_names, self.dt, result.chunk, stamp, self.frame_id))
-
-    def publish_action(self, stamp_ns: int, action: np.ndarray,
-                       observation_stamp_ns: int) -> None:
-        self._action.publish(ros_types.action_chunk_msg(
-            stamp_ns, self.action_names, self.dt, np.reshape(action, (1, -1)),
-            observation_stamp_ns, self.frame_id))
-
-    def publish_diagnostics(self, report) -> None:
-        if self._extra_values is not None:
-            report.values.update(self._extra_values())
-        self._diagnostics.publish(ros_types.diagnostics_msg(
-            report, self._clock(), f'{NODE_NAME}: perception', hardware_id=NODE_NAME))
-
-    def log(self, level: str, text: str) -> None:
-        _log.log(_LEVELS.get(level, logging.INFO), text)
-
-
-# ------------------------------------------------------------------------------------------
 # The node
 # ------------------------------------------------------------------------------------------
 
@@ -213,9 +166,6 @@ def run_dds_node(config: NodeConfig, engine, stop_event: threading.Event, *,
     if config.pose_input.source != 'topic':
         raise ConfigError(f'pose_input.source={config.pose_input.source!r} needs the rclpy '
                           'backend (TF); the DDS backend reads the pose from topics.pose')
-    if config.topics.twist:
-        raise ConfigError('topics.twist (TwistStamped output) needs the rclpy backend; the DDS '
-                          'backend publishes actions on topics.action only')
     if core_factory is None:
         from vit_perception.core.node import PerceptionCore as core_factory
     if not dds.tune_allocator():
@@ -224,17 +174,16 @@ def run_dds_node(config: NodeConfig, engine, stop_event: threading.Event, *,
     subscriptions: list[dds.DdsSubscription] = []
     timer = core = None
     try:
+        transport.announce_node(NODE_NAME)  # `ros2 node list` shows /vit_perception
         time_source = SimTime() if use_sim_time else WallTime()
         if use_sim_time:
             subscriptions.append(transport.subscribe(
                 CLOCK_TOPIC, ros_types.CLOCK, CLOCK_QOS, time_source.on_clock))
 
+        inputs: list[RouteInput] = []
+
         def driver_values() -> dict[str, str]:
-            values = {'dds.domain_id': str(transport.domain_id)}
-            for sub in subscriptions:
-                values[f'dds.received.{sub.topic}'] = str(sub.received)
-                if sub.errors:
-                    values[f'dds.errors.{sub.topic}'] = str(sub.errors)
+            values = {'dds.domain_id': str(transport.domain_id), **received_values(inputs)}
             if timer is not None:
                 p50, p99 = timer.lateness_ms()
                 values['control.tick_late_p50_ms'] = f'{p50:.3f}'
@@ -242,11 +191,18 @@ def run_dds_node(config: NodeConfig, engine, stop_event: threading.Event, *,
                 values['control.tick_overruns'] = str(timer.overruns)
             return values
 
-        outputs = DdsOutputs(transport, config, engine.model_id, engine.action_names,
-                             engine.dt, time_source.now, driver_values)
+        def make_publisher(topic: str, msgtype: str, reliability: str, depth: int):
+            return transport.publisher(topic, msgtype, dds.qos_profile(reliability, depth))
+
+        outputs = MessageOutputs(make_publisher, config, engine, time_source.now,
+                                 logger=_log, extra_values=driver_values)
         core = core_factory(config, engine, outputs, clock=time_source.now, threaded=True)
         core.start()
-        subscriptions.extend(_subscribe_inputs(transport, config, core))
+        for route in input_routes(config):
+            inputs.append(RouteInput(route, core))
+            subscriptions.append(transport.subscribe(
+                route.topic, route.msgtype, dds.qos_profile(route.reliability, route.depth),
+                inputs[-1].on_cdr, on_error=_errors_to(core, route.topic), raw=True))
         period_ns = round(NS_PER_S / config.control.control_rate_hz)
         timer = ControlTimer(period_ns, core.tick, time_source, stop_event,
                              on_error=lambda err: outputs.log(
@@ -272,45 +228,11 @@ def run_dds_node(config: NodeConfig, engine, stop_event: threading.Event, *,
     return 0
 
 
-def _subscribe_inputs(transport: dds.DdsTransport, config: NodeConfig,
-                      core) -> list[dds.DdsSubscription]:
-    """Camera and pose subscriptions; conversion failures go to core.on_bad_message."""
-    topics, qos = config.topics, config.qos
-    image_qos = dds.qos_profile(qos.image_reliability, qos.image_depth)
-    pose_qos = dds.qos_profile(qos.pose_reliability, qos.pose_depth)
-    subs = []
-
-    def errors_to_core(topic: str):
-        def on_error(reason: str, detail: str) -> None:
-            if reason == dds.INCOMPATIBLE_QOS:  # a graph problem, not a bad message
-                _log.warning('%s', detail)
-            else:
-                core.on_bad_message(topic, reason, detail)
-        return on_error
-
-    for camera, (topic, kind) in enumerate(zip(topics.cameras, topics.camera_transports)):
-        if kind == 'compressed':
-            msgtype, convert = ros_types.COMPRESSED_IMAGE, ros_types.compressed_from_msg
+def _errors_to(core, topic: str):
+    """A subscription's transport errors: QoS mismatches logged, the rest counted by the core."""
+    def on_error(reason: str, detail: str) -> None:
+        if reason == dds.INCOMPATIBLE_QOS:  # a graph problem, not a bad message
+            _log.warning('%s', detail)
         else:
-            msgtype, convert = ros_types.IMAGE, ros_types.image_from_msg
-        subs.append(transport.subscribe(
-            topic, msgtype, image_qos, _converting(convert, core.on_image, camera, topic, core,
-                                                   'bad_image'),
-            on_error=errors_to_core(topic)))
-    subs.append(transport.subscribe(
-        topics.pose, ros_types.POSE_STAMPED, pose_qos,
-        _converting(ros_types.pose_from_msg, core.on_pose, None, topics.pose, core, 'bad_pose'),
-        on_error=errors_to_core(topics.pose)))
-    return subs
-
-
-def _converting(convert, deliver, camera: int | None, topic: str, core, reason: str):
-    """Callback: message -> core type -> deliver; a conversion error -> on_bad_message."""
-    def callback(msg) -> None:
-        try:
-            value = convert(msg) if camera is None else convert(msg, camera)
-        except Exception as err:
-            core.on_bad_message(topic, reason, f'{type(err).__name__}: {err}')
-            return
-        deliver(value)
-    return callback
+            core.on_bad_message(topic, reason, detail)
+    return on_error

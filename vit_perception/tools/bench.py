@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from vit_perception.tools import live_bench
+
 SIZES = {  # hidden, layers, heads (patch 16, 224x224)
     'tiny': (192, 12, 3),
     'small': (384, 12, 6),
@@ -56,24 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cache-dir', default='', help='ONNX graph cache (default '
                         '$XDG_CACHE_HOME/vit_perception/onnx)')
     parser.add_argument('--json', action='store_true', help='print JSON only')
-    live = parser.add_argument_group('live path over DDS on loopback (instead of the A/B)')
-    live.add_argument('--live', action='store_true', help='image-in -> chunk-out latency and '
-                      'control-tick jitter through the DDS node, model running at camera rate')
-    live.add_argument('--soak', type=float, default=0.0, metavar='SECONDS',
-                      help='load/soak run: 4 cameras at 30 Hz + pose at 500 Hz for SECONDS; '
-                      'reports RSS growth, drops by reason, tick jitter, latency p99')
-    live.add_argument('--rate', type=float, default=100.0,
-                      help='--live/--soak: control rate in Hz (default 100)')
-    live.add_argument('--duration', type=float, default=20.0,
-                      help='--live: seconds to run (default 20)')
+    live_bench.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from vit_perception.errors import ConfigError
 
     if args.live or args.soak:
-        from vit_perception.tools import live_bench
-
         return live_bench.run(args)
 
     try:

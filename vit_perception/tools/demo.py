@@ -27,16 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-# Unicast discovery on 127.0.0.1 only: the demo never leaves the machine and works where
-# multicast is unavailable (containers, CI).
-LOOPBACK_CONFIG = (
-    '<CycloneDDS><Domain Id="any"><General><Interfaces>'
-    '<NetworkInterface address="127.0.0.1"/></Interfaces>'
-    '<AllowMulticast>false</AllowMulticast></General>'
-    '<Discovery><ParticipantIndex>auto</ParticipantIndex>'
-    '<MaxAutoParticipantIndex>32</MaxAutoParticipantIndex>'
-    '<Peers><Peer Address="127.0.0.1"/></Peers></Discovery>'
-    '</Domain></CycloneDDS>')
+from vit_perception.tools.harness import LOOPBACK_URI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     domain = args.domain_id if args.domain_id is not None else 110 + os.getpid() % 110
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1')
     if args.network == 'loopback':
-        env['CYCLONEDDS_URI'] = LOOPBACK_CONFIG
+        env['CYCLONEDDS_URI'] = LOOPBACK_URI  # unicast on 127.0.0.1: never leaves the machine
     env.setdefault('MUJOCO_GL', os.environ.get('MUJOCO_GL', 'egl'))
     python = sys.executable
     node_cmd = [python, '-m', 'vit_perception.tools.demo', 'node', '--model', str(checkpoint),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import struct
@@ -34,42 +33,27 @@ from pathlib import Path
 
 import numpy as np
 
+from vit_perception.tools.harness import (
+    DDS_READY,
+    LOOPBACK_URI,
+    ROS_READY,
+    NodeProcess,
+    RosEnvironment,
+    cli_command,
+    kill_child,
+    loopback_env,
+    moving_pose,
+    paced,
+    pick_domain,
+    wait_for,
+)
+
 CAMERA_RATE_HZ = 30.0
 POSE_RATE_HZ = 500.0
 SOAK_CAMERAS = 4
 LIVE_WARMUP_S = 3.0  # after the first chunk, before the statistics window opens
 SOAK_WARMUP_S = 10.0  # (at most half the duration)
 JITTER_TARGET_MS = 2.0  # the issue's target for the control tick's period jitter p99
-
-# Cyclone on the loopback interface only (multicast on it): nothing leaves the machine.
-LOOPBACK_URI = ('<CycloneDDS><Domain id="any"><General><Interfaces>'
-                '<NetworkInterface name="lo" multicast="true"/>'
-                '</Interfaces></General></Domain></CycloneDDS>')
-
-RUNNING_LINE = 'vit-perception node: running'
-
-
-# ------------------------------------------------------------------------------------------
-# Helpers shared with the process-level tests
-# ------------------------------------------------------------------------------------------
-
-def cli_command(subcommand: str, *args: str) -> list[str]:
-    """argv running `vit-perception SUBCOMMAND ARGS` (the CLI entry point) with this Python."""
-    return [sys.executable, '-m', 'vit_perception.tools.cli', subcommand, *args]
-
-
-def loopback_env(base: dict | None = None) -> dict:
-    """Environment for DDS child processes: Cyclone on loopback, no ROS_DOMAIN_ID."""
-    env = dict(os.environ if base is None else base)
-    env['CYCLONEDDS_URI'] = LOOPBACK_URI
-    env.pop('ROS_DOMAIN_ID', None)
-    env.setdefault('PYTHONUNBUFFERED', '1')
-    return env
-
-
-def pick_domain() -> int:
-    """A DDS domain id (1..232) that differs between concurrently running processes."""
-    return 1 + (os.getpid() * 7 + int(time.monotonic() * 1000)) % 232
 
 
 def save_random_checkpoint(directory: str | Path, *, size: str = 'small', cameras: int = 1,
@@ -87,90 +71,6 @@ def save_random_checkpoint(directory: str | Path, *, size: str = 'small', camera
     else:
         policy = _load_policy('', size, fusion, cameras)
     return save_checkpoint(policy, directory)
-
-
-class NodeProcess:
-    """`vit-perception node --backend dds` in its own process; stderr goes to a file.
-
-    Use as a context manager: the process is killed on exit if it is still running.
-    """
-
-    def __init__(self, model: str | Path, domain: int, overrides: list[str] = (), *,
-                 log_path: str | Path | None = None, env: dict | None = None):
-        self.domain = domain
-        self.argv = cli_command('node', '--backend', 'dds', '--model', str(model),
-                                '--set', f'domain_id={domain}',
-                                *[a for item in overrides for a in ('--set', item)])
-        self._own_log = log_path is None
-        if log_path is None:
-            handle, log_path = tempfile.mkstemp(prefix='vit_perception_node_', suffix='.log')
-            os.close(handle)
-        self.log_path = Path(log_path)
-        self._env = loopback_env(env)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> NodeProcess:
-        with open(self.log_path, 'wb') as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=log, env=self._env)
-        return self
-
-    def wait_running(self, timeout: float = 120.0) -> None:
-        """Block until the node says it is running; RuntimeError (with its stderr) otherwise."""
-        deadline = time.monotonic() + timeout
-        while RUNNING_LINE not in self.stderr():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f'node exited with {self.proc.returncode} before running:\n'
-                                   f'{self.stderr()[-3000:]}')
-            if time.monotonic() > deadline:
-                raise RuntimeError(f'node not running after {timeout:.0f} s:\n'
-                                   f'{self.stderr()[-3000:]}')
-            time.sleep(0.05)
-
-    def stderr(self) -> str:
-        try:
-            return self.log_path.read_text(errors='replace')
-        except FileNotFoundError:
-            return ''
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def rss_bytes(self) -> int:
-        import psutil
-
-        return psutil.Process(self.proc.pid).memory_info().rss
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
-        """Send `sig`, wait for the exit (kill after `timeout`); the exit code."""
-        if self.alive():
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait()
-
-    def close(self) -> None:
-        self.kill()
-        if self._own_log:
-            self.log_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> NodeProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.kill()
 
 
 def diag_values(msg) -> dict[str, str]:
@@ -255,16 +155,6 @@ class OutputRecorder:
                     | {s for _, _, s in self.data.actions})
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
-    """Poll `predicate` until true or `timeout` s pass; its last value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return bool(predicate())
-        time.sleep(interval)
-    return True
-
-
 # ------------------------------------------------------------------------------------------
 # Publisher process: cameras at CAMERA_RATE_HZ + pose at POSE_RATE_HZ, stamps = send time
 # ------------------------------------------------------------------------------------------
@@ -329,34 +219,17 @@ def publish_main(argv: list[str]) -> int:
         pose_pub = transport.publisher(args.pose_topic, rt.POSE_STAMPED, dds.DEFAULT)
         matched = all(s.publisher.wait_for_subscribers(1, 60) for s in streams) and \
             pose_pub.wait_for_subscribers(1, 60)
-        cam_period = round(1e9 / args.camera_rate)
-        pose_period = round(1e9 / args.pose_rate)
-        start = time.perf_counter_ns()
-        end = start + int(args.duration * 1e9)
-        next_cam, next_pose = start, start
-        while matched and not stop.is_set():
-            due = min(next_cam, next_pose)
-            if due >= end:
-                break
-            wait = due - time.perf_counter_ns()
-            if wait > 0:
-                time.sleep(wait / 1e9)
-            now = time.perf_counter_ns()
-            if now >= next_pose:
-                t = time.time_ns()
-                phase = t / 1e9
-                pose_pub.publish(rt.pose_msg(
-                    t, 'base', [0.4 + 0.05 * math.sin(phase), 0.05 * math.cos(phase), 0.3],
-                    [0.0, 0.0, math.sin(0.1 * math.sin(phase)), math.cos(0.1 * math.sin(phase))]))
+        rates = {'pose': args.pose_rate, 'camera': args.camera_rate}
+        for due, late_ns in (paced(args.duration, rates, stop) if matched else ()):
+            t = time.time_ns()
+            if due == 'pose':
+                pose_pub.publish(rt.pose_msg(t, 'base', *moving_pose(t)))
                 sent['poses'] += 1
-                next_pose += pose_period * max(1, (now - next_pose) // pose_period + 1)
-            if now >= next_cam:
-                lateness.append(now - next_cam)
-                t = time.time_ns()  # one stamp for every camera: a synchronized rig
-                for stream in streams:
+            else:
+                lateness.append(late_ns)
+                for stream in streams:  # one stamp for every camera: a synchronized rig
                     stream.send(t)
                 sent['images'] += len(streams)
-                next_cam += cam_period * max(1, (now - next_cam) // cam_period + 1)
     late = np.asarray(lateness or [0]) / 1e6
     print(json.dumps({'matched': matched, **sent,
                       'camera_late_p99_ms': float(np.percentile(late, 99))}), flush=True)
@@ -367,8 +240,43 @@ def publish_main(argv: list[str]) -> int:
 # The benchmark
 # ------------------------------------------------------------------------------------------
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `bench` flags of the live runs (--live, --soak, --backend, ...)."""
+    live = parser.add_argument_group('live path on loopback (instead of the A/B)')
+    live.add_argument('--live', action='store_true', help='image-in -> chunk-out latency and '
+                      'control-tick jitter through the DDS node, model running at camera rate')
+    live.add_argument('--soak', type=float, default=0.0, metavar='SECONDS',
+                      help='load/soak run: 4 cameras at 30 Hz + pose at 500 Hz for SECONDS; '
+                      'reports RSS growth, drops by reason, tick jitter, latency p99')
+    live.add_argument('--rate', type=float, default=None,
+                      help='--live/--soak: control rate in Hz (default 100; 50 with --backend)')
+    live.add_argument('--duration', type=float, default=None,
+                      help='--live: seconds to run (default 20; 30 with --backend)')
+    live.add_argument('--backend', choices=['ros', 'dds', 'both'], default=None,
+                      help='--live: the rclpy node (ros) or the DDS node (dds), or both in turn, '
+                      'fed by an independent rclpy peer (1 camera 640x480 at 30 Hz, pose at '
+                      '100 Hz, shipped checkpoint unless --model); figures: chunks per image, '
+                      'action rate and gaps, latency, node CPU-seconds')
+    live.add_argument('--image-qos', choices=['reliable', 'best_effort'], default='reliable',
+                      help='--backend: image QoS of the peer and the node (default reliable: '
+                      'transport loss out of the measurement)')
+    live.add_argument('--ros-env', default=None, metavar='DIR',
+                      help='--backend: a folder made by `bash scripts/check_ros_jazzy.sh --dir '
+                      'DIR` (rclpy from the Jazzy wheels) when this Python has no rclpy '
+                      '(default $VIT_PERCEPTION_ROS_ENV)')
+
+
 def run(args: argparse.Namespace) -> int:
     from vit_perception.errors import ConfigError
+
+    peer = bool(getattr(args, 'backend', None))
+    if args.rate is None:
+        args.rate = PEER_CONTROL_RATE_HZ if peer else 100.0
+    if args.duration is None:
+        args.duration = PEER_DURATION_S if peer else 20.0
+    if peer and (args.soak or not args.live):
+        raise ConfigError('--backend goes with --live (not --soak): bench --live --backend '
+                          'ros|dds|both')
 
     soak = float(args.soak or 0.0)
     duration = soak if soak else float(args.duration)
@@ -384,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
     def progress(text: str) -> None:
         print(f'bench: {text}', file=sys.stderr, flush=True)
 
+    if getattr(args, 'backend', None):
+        return run_peer(args, width, height, progress)
     report = measure(mode='soak' if soak else 'live', duration=duration, rate=args.rate,
                      model=args.model, size=args.size, fusion=args.fusion, device=args.device,
                      dtype=args.dtype, width=width, height=height,
@@ -483,9 +393,7 @@ def _measure(mode, duration, rate, model, size, fusion, device, dtype, width, he
                 transport.close()
             exit_code = node.stop(signal.SIGINT, timeout=60)
         finally:
-            if publisher is not None and publisher.poll() is None:
-                publisher.kill()
-                publisher.wait()
+            kill_child(publisher)
             node.kill()
         stderr = node.stderr()
     sent = _last_json(pub_out)
@@ -511,6 +419,159 @@ def _measure(mode, duration, rate, model, size, fusion, device, dtype, width, he
     if pub_err.strip():
         report['publisher_stderr'] = pub_err.strip()[-2000:]
     return report
+
+
+# ------------------------------------------------------------------------------------------
+# --backend ros|dds: the node (rclpy or DDS) against an independent rclpy peer
+# ------------------------------------------------------------------------------------------
+
+PEER_DURATION_S = 30.0
+PEER_POSE_RATE_HZ = 100.0
+PEER_CONTROL_RATE_HZ = 50.0
+MAX_ACTION_GAP_MS = 100.0  # the issue's target: every gap between actions <= 100 ms
+
+
+def measure_with_peer(backend: str, *, ros_env: RosEnvironment, duration: float = PEER_DURATION_S,
+                      rate: float = PEER_CONTROL_RATE_HZ, model: str = '', width: int = 640,
+                      height: int = 480, image_qos: str = 'reliable', overrides=(),
+                      progress=lambda text: None) -> dict:
+    """One node (`backend` 'ros': the rclpy node; 'dds': the DDS node) fed by the rclpy peer.
+
+    The peer (tools/ros_peer.py, in `ros_env`) publishes one camera at CAMERA_RATE_HZ and the pose
+    at PEER_POSE_RATE_HZ for `duration` s and records the node's chunks, actions and diagnostics;
+    this process starts both, samples the node's CPU time around the publishing and summarizes.
+    """
+    domain = pick_domain()
+    settings = [f'control.control_rate_hz={rate:g}', f'qos.image_reliability={image_qos}',
+                'diagnostics_period=1.0', *overrides]
+    if model:
+        settings.append(f'engine.model={model}')
+    sets = [a for item in settings for a in ('--set', item)]
+    if backend == 'ros':
+        argv = cli_command('node', '--backend', 'ros', *sets, python=ros_env.python)
+        env, ready = loopback_env(ros_env.env, domain), ROS_READY
+    else:
+        argv = cli_command('node', '--backend', 'dds', *sets)
+        env, ready = loopback_env(None, domain), DDS_READY
+    with tempfile.TemporaryDirectory(prefix='vit_perception_bench_') as tmp:
+        # cwd: not a source checkout, whose vit_perception would shadow the built one
+        node = NodeProcess(None, domain, argv=argv, env=env, ready=ready,
+                           log_path=Path(tmp) / 'node.log', cwd=tmp)
+        peer = None
+        try:
+            progress(f'{backend}: starting the node on domain {domain} (loopback) ...')
+            node.start()
+            node.wait_running(timeout=600)
+            peer = subprocess.Popen(
+                [ros_env.python, '-m', 'vit_perception.tools.ros_peer', '--duration',
+                 str(duration), '--size', f'{width}x{height}', '--camera-rate',
+                 str(CAMERA_RATE_HZ), '--pose-rate', str(PEER_POSE_RATE_HZ), '--image-qos',
+                 image_qos], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=loopback_env(ros_env.env, domain), text=True,
+                cwd=tmp)
+            first = peer.stdout.readline()  # {'event': 'publishing', ...} once matched
+            cpu_start = node.cpu_seconds()
+            progress(f'{backend}: peer publishing {width}x{height} rgb8 ({image_qos}) at '
+                     f'{CAMERA_RATE_HZ:g} Hz + pose at {PEER_POSE_RATE_HZ:g} Hz for '
+                     f'{duration:g} s ...')
+            out, err = peer.communicate(timeout=duration + 180)
+            cpu = node.cpu_seconds() - cpu_start
+            alive = node.alive()
+            exit_code = node.stop(signal.SIGINT, timeout=60)
+        finally:
+            kill_child(peer)
+            node.kill()
+        stderr = node.stderr()
+    result = _last_json(out)
+    if not _last_json(first).get('matched') or result.get('event') != 'done':
+        raise RuntimeError(f'{backend}: the rclpy peer and the node did not match:\n'
+                           f'{(err or "")[-2000:]}\nnode:\n{stderr[-2000:]}')
+    report = summarize_peer(result, rate)
+    report.update({'backend': backend, 'node_cpu_s': cpu, 'node_alive_at_end': alive,
+                   'node_exit_code': exit_code, 'node_tracebacks': stderr.count('Traceback'),
+                   'stalls_logged': stderr.count('inference running')})
+    return report
+
+
+def summarize_peer(peer: dict, rate: float) -> dict:
+    """The issue's figures from the peer's records (all times time.time_ns on one machine)."""
+    start, end = peer['start_ns'], peer['end_ns']
+    sent = set(peer['image_stamps'])
+    chunk_stamps = {s for _, s in peer['chunks'] if s in sent}
+    latency = [(r - s) / 1e6 for r, s in peer['chunks'] if s in sent]
+    actions = sorted(r for r, _, _ in peer['actions'] if start <= r <= end)
+    first_chunk = min((r for r, s in peer['chunks'] if s in sent), default=None)
+    # gaps once the node acts: from its first action to the end of publishing
+    points = actions + [end] if actions else []
+    gaps = np.diff(np.asarray(points, dtype=np.int64)) / 1e6 if len(points) > 1 else []
+    diags = [d for d in peer['diagnostics'] if d[0] >= start]
+    values = diags[-1][3] if diags else {}
+    return {
+        'sent': {'images': peer['images'], 'poses': peer['poses']},
+        'images_to_chunks': len(chunk_stamps),
+        'actions': len(actions),
+        'action_rate_hz': len(actions) / ((end - start) / 1e9),
+        'control_rate_hz': rate,
+        'first_action_after_s': (actions[0] - start) / 1e9 if actions else None,
+        'first_chunk_after_s': (first_chunk - start) / 1e9 if first_chunk else None,
+        'max_action_gap_ms': float(np.max(gaps)) if len(gaps) else None,
+        'action_gaps_over_100ms': int(np.sum(np.asarray(gaps) > MAX_ACTION_GAP_MS)),
+        'latency_ms': {'image_to_chunk': _stats(latency)},
+        'node_received': {k[len('rx.'):]: int(v) for k, v in values.items()
+                          if k.startswith('rx.')},
+        'drops_total': drops_in(values),
+        'diagnostics_message_end': diags[-1][2] if diags else None,
+    }
+
+
+def run_peer(args: argparse.Namespace, width: int, height: int, progress) -> int:
+    """`bench --live --backend ros|dds|both`: one run; 'both' alternates ros, dds."""
+    from vit_perception.errors import ConfigError
+
+    if not args.duration > 0 or not args.rate > 0:
+        raise ConfigError(f'--duration {args.duration} and --rate {args.rate}: must be > 0')
+    ros_env = RosEnvironment.find(args.ros_env)
+    backends = ['ros', 'dds'] if args.backend == 'both' else [args.backend]
+    reports = []
+    for backend in backends:
+        reports.append(measure_with_peer(
+            backend, ros_env=ros_env, duration=args.duration, rate=args.rate, model=args.model,
+            width=width, height=height, image_qos=args.image_qos, progress=progress))
+    machine = {'cpus': os.cpu_count(), 'load_avg': list(os.getloadavg()),
+               'ros_env': ros_env.where}
+    result = {'mode': 'live-peer', 'machine': machine, 'runs': reports}
+    print(json.dumps(result, indent=2) if args.json else format_peer_report(result), flush=True)
+    return 0
+
+
+def format_peer_report(result: dict) -> str:
+    lines = [f"bench --live (rclpy peer, {result['machine']['ros_env']}): "
+             f"{result['machine']['cpus']} CPUs, load average now "
+             f"{result['machine']['load_avg'][0]:.2f} (shared)",
+             '| | ' + ' | '.join(r['backend'] for r in result['runs']) + ' |',
+             '|---|' + '---|' * len(result['runs'])]
+
+    def row(name, cell):
+        lines.append(f'| {name} | ' + ' | '.join(cell(r) for r in result['runs']) + ' |')
+
+    def opt(value, fmt):
+        return 'n/a' if value is None else format(value, fmt)
+
+    row('images turned into chunks (of sent)',
+        lambda r: f"{r['images_to_chunks']} of {r['sent']['images']}")
+    row(f"actions received, Hz (control {result['runs'][0]['control_rate_hz']:g})",
+        lambda r: f"{r['action_rate_hz']:.1f}")
+    row('longest gap between actions, ms', lambda r: opt(r['max_action_gap_ms'], '.0f'))
+    row('gaps > 100 ms', lambda r: str(r['action_gaps_over_100ms']))
+    row('image -> chunk p50 / p99, ms', lambda r: (
+        f"{opt(r['latency_ms']['image_to_chunk']['p50'], '.0f')} / "
+        f"{opt(r['latency_ms']['image_to_chunk']['p99'], '.0f')}"))
+    row('node CPU-seconds', lambda r: f"{r['node_cpu_s']:.1f}")
+    row('node received (rx.*)', lambda r: ', '.join(
+        f'{k} {v}' for k, v in sorted(r['node_received'].items())) or 'n/a')
+    row('stalls logged, tracebacks, exit code', lambda r: (
+        f"{r['stalls_logged']}, {r['node_tracebacks']}, {r['node_exit_code']}"))
+    return '\n'.join(lines)
 
 
 @dataclass
