@@ -4,17 +4,26 @@ ROS 2 users build with colcon instead (ament_cmake: CMakeLists.txt + package.xml
 """
 
 from glob import glob
+from itertools import chain
 
 from setuptools import find_packages, setup
 
 TORCH = 'torch>=2.4,<2.14'  # tested: 2.13.0 (CPU, CI), 2.11 (CUDA)
 TRANSFORMERS = 'transformers>=5.0,<6'  # tested: 5.23 (5.x moved ViTModel.encoder.layer to .layers)
 
-DDS = ['cyclonedds==11.0.1', 'rosbags>=0.10,<0.12']
-EVAL = ['rosbags>=0.10,<0.12', 'matplotlib>=3.7', 'tqdm>=4.60']
-SIM = ['mujoco>=3.1,<5']
-TEST = ['pytest>=8', 'pytest-timeout>=2.2', 'hypothesis>=6.100', 'ruff>=0.5', 'pillow>=10',
-        'psutil>=5.9']
+ROSBAGS = 'rosbags>=0.10,<0.12'
+# One entry per optional feature; `all` is their union, so a new extra only needs its line here
+# (and, if a command needs it, a line in vit_perception/tools/extras.py).
+EXTRAS = {
+    'dds': ['cyclonedds==11.0.1', ROSBAGS],  # the ROS-wire DDS node, bags
+    'eval': [ROSBAGS, 'matplotlib>=3.7', 'tqdm>=4.60'],  # replay reports, training progress
+    'sim': ['mujoco>=3.1,<5'],  # the MuJoCo scene (sim, demo)
+    'bench': ['pillow>=10', 'psutil>=5.9'],  # HF image processor (naive pipeline), node RSS
+}
+EXTRAS['all'] = sorted(set(chain.from_iterable(EXTRAS.values())))
+# Test tools, bounded to the releases CI ran (pytest 9.2 changed pytest.approx; ruff adds rules).
+TEST = ['pytest>=8.3,<10', 'pytest-timeout>=2.2,<3', 'hypothesis>=6.100,<7', 'ruff>=0.15,<0.18']
+EXTRAS['test'] = sorted(set(EXTRAS['all'] + TEST))
 
 setup(
     name='vit_perception',
@@ -30,11 +39,6 @@ setup(
         TORCH, TRANSFORMERS, 'safetensors>=0.4', 'numpy>=1.24', 'opencv-python-headless>=4.8',
         'pyyaml>=6',
     ],
-    extras_require={
-        'dds': DDS,
-        'eval': EVAL,
-        'sim': SIM,
-        'test': sorted(set(DDS + EVAL + SIM + TEST)),
-    },
+    extras_require=EXTRAS,
     entry_points={'console_scripts': ['vit-perception=vit_perception.tools.cli:main']},
 )

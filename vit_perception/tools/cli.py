@@ -14,6 +14,7 @@ import sys
 
 from vit_perception import __version__
 from vit_perception.errors import VitPerceptionError
+from vit_perception.tools import extras
 
 COMMANDS = {
     'node': ('vit_perception.tools.node', 'run the perception node live (rclpy or ROS-wire DDS)'),
@@ -23,9 +24,6 @@ COMMANDS = {
     'demo': ('vit_perception.tools.demo', 'closed-loop sim + node with the shipped checkpoint'),
     'bench': ('vit_perception.tools.bench', 'naive HF pipeline vs engine, same run'),
 }
-
-EXTRAS = {'cyclonedds': 'dds', 'rosbags': 'eval', 'mujoco': 'sim', 'matplotlib': 'eval',
-          'tqdm': 'eval'}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format='[%(levelname)s] [%(name)s]: %(message)s')
     try:
+        extras.check(args)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print(f'vit-perception {args.command}: interrupted', file=sys.stderr)
@@ -54,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f'vit-perception {args.command}: error: {err}', file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
-        extra = EXTRAS.get((err.name or '').split('.')[0])
+        extra = extras.extra_of((err.name or '').split('.')[0])
         if extra is None:
             raise
-        print(f'vit-perception {args.command}: error: needs {err.name!r}: install it with '
-              f"pip install 'vit_perception[{extra}]'", file=sys.stderr)
+        print(f'vit-perception {args.command}: error: needs the extra {extra} (missing '
+              f'{err.name}): {extras.install_hint([extra])}', file=sys.stderr)
         return 2
 
 
