@@ -29,7 +29,7 @@ else
     "PyPI that is the CUDA build, ~3.7 GB)"
   "${PIP[@]}" "$TORCH"
 fi
-"$PYTHON" -c 'import torch
+"$PYTHON" -W ignore -c 'import torch  # -W: no numpy yet
 build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU"
 print(f"setup: torch {torch.__version__} ({build} build)")'
 "${PIP[@]}" -e '.[test]'
