@@ -21,8 +21,9 @@ EXTRAS = {
     'bench': ['pillow>=10', 'psutil>=5.9'],  # HF image processor (naive pipeline), node RSS
 }
 EXTRAS['all'] = sorted(set(chain.from_iterable(EXTRAS.values())))
-# Test tools, bounded to the releases CI ran (pytest 9.2 changed pytest.approx; ruff adds rules).
-TEST = ['pytest>=8.3,<10', 'pytest-timeout>=2.2,<3', 'hypothesis>=6.100,<7', 'ruff>=0.15,<0.18']
+# Test tools, bounded to the releases run (pytest 9.0.3 and 9.2.0, hypothesis 6.155 and 6.170,
+# ruff 0.17.6, pytest-timeout 2.4): a new major can break tests (pytest 9.2 changed approx).
+TEST = ['pytest>=9,<10', 'pytest-timeout>=2.3,<3', 'hypothesis>=6.150,<7', 'ruff>=0.17,<0.18']
 EXTRAS['test'] = sorted(set(EXTRAS['all'] + TEST))
 
 setup(
