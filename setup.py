@@ -22,7 +22,8 @@ EXTRAS = {
 }
 EXTRAS['all'] = sorted(set(chain.from_iterable(EXTRAS.values())))
 # Test tools, bounded to the releases run (pytest 9.0.3 and 9.2.0, hypothesis 6.155 and 6.170,
-# ruff 0.17.6, pytest-timeout 2.4): a new major can break tests (pytest 9.2 changed approx).
+# ruff 0.17.6, pytest-timeout 2.4): a new release can break them (pytest 9.2 rejects a nested
+# pytest.approx).
 TEST = ['pytest>=9,<10', 'pytest-timeout>=2.3,<3', 'hypothesis>=6.150,<7', 'ruff>=0.17,<0.18']
 EXTRAS['test'] = sorted(set(EXTRAS['all'] + TEST))
 

@@ -21,9 +21,9 @@
 #      --params-file, waits for it to configure, stops it with SIGINT (expects exit 0), and
 #      starts it once with a bad parameter (expects exit 1 and one line on stderr).
 # Prints a summary with the time of each step; exit code 0 only if everything passed.
-# Part of the README test command (and so of CI). Needs: Python 3.10, 3.11 or 3.12 (run on each;
-# ros-rclpy has wheels for them) with the project installed, cmake, gcc/g++, make, the Python
-# headers (python3-dev), network access to PyPI. DDS traffic stays on this host
+# Part of the README test command (and so of CI). Needs: Python 3.10, 3.11 or 3.12 (passed on
+# 3.11 and 3.12; ros-rclpy has wheels for all three) with the project installed, cmake, gcc/g++,
+# make, the Python headers (python3-dev), network access to PyPI. DDS traffic stays on this host
 # (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) on a random ROS_DOMAIN_ID.
 #
 #   --keep     keep the temporary folder (venv, build, install, logs) and print its path
