@@ -243,7 +243,11 @@ step 'repoint hard-coded include paths'
 # their build machine's (/opt/python/cpXY-cpXY/...); CMake refuses an imported target with a
 # missing include directory. Point them at this interpreter's headers, inside the venv only.
 PY_INCLUDE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
-NP_INCLUDE="$("$PY" -c 'import numpy; print(numpy.get_include())')"
+# NumPy's headers, copied into the work folder: CMake refuses include directories inside the
+# source tree, where they are when the project's venv is in the checkout (the Quick start's).
+NP_INCLUDE="$WORK/numpy-include"
+rm -rf "$NP_INCLUDE"
+cp -r "$("$PY" -c 'import numpy; print(numpy.get_include())')" "$NP_INCLUDE"
 [[ -f "$PY_INCLUDE/Python.h" ]] || fail "no Python.h in $PY_INCLUDE (apt-get install python3-dev)"
 mapfile -t EXPORTS < <(grep -rlE '/opt/python/[^/";]+/' "$VENV/share" --include='*.cmake' || true)
 for file in "${EXPORTS[@]}"; do
@@ -275,7 +279,8 @@ step 'cmake configure + build + install'
 rm -rf "$BUILD" "$INSTALL"
 {
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$INSTALL" -DBUILD_TESTING=OFF \
-    -DPython3_EXECUTABLE="$PY" -DCMAKE_BUILD_TYPE=Release \
+    -DPython3_EXECUTABLE="$PY" -DPython3_NumPy_INCLUDE_DIR="$NP_INCLUDE" \
+    -DCMAKE_BUILD_TYPE=Release \
     && cmake --build "$BUILD" -j "$(nproc)" \
     && cmake --install "$BUILD"
 } >"$LOGS/cmake.log" 2>&1 || { tail -30 "$LOGS/cmake.log"; fail "cmake (see $LOGS/cmake.log)"; }
