@@ -5,8 +5,10 @@
 #
 # PyPI carries ROS 2 Jazzy as wheels (ros-jazzy-rclpy, rmw_fastrtps, the message packages,
 # ament_cmake, the rosidl generators). This script, all inside one temporary folder:
-#   1. makes a venv (--system-site-packages: torch, transformers, ... come from the interpreter
-#      the project is pip-installed in, `pip install -e '.[test]'`) and pip-installs the wheels;
+#   1. makes a venv that also sees the calling interpreter's site-packages (a .pth file: torch,
+#      transformers, ... come from the interpreter or venv the project is pip-installed in,
+#      `pip install -e '.[test]'`; --system-site-packages would see only the base interpreter's)
+#      and pip-installs the wheels into it;
 #   2. repoints the Python/NumPy include paths that the message wheels' exported CMake targets
 #      hard-code (/opt/python/cp311-cp311/..., their build machine) to this interpreter's, by
 #      editing those .cmake files inside the venv (nothing is written outside the temp folder);
@@ -19,13 +21,14 @@
 #      --params-file, waits for it to configure, stops it with SIGINT (expects exit 0), and
 #      starts it once with a bad parameter (expects exit 1 and one line on stderr).
 # Prints a summary with the time of each step; exit code 0 only if everything passed.
-# Part of the README test command (and so of CI). Needs: python3.11 with the project installed, cmake, gcc/g++, make, network
-# access to PyPI. DDS traffic stays on this host (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) on a
-# random ROS_DOMAIN_ID.
+# Part of the README test command (and so of CI). Needs: Python 3.10, 3.11 or 3.12 (passed on
+# 3.11 and 3.12; ros-rclpy has wheels for all three) with the project installed, cmake, gcc/g++,
+# make, the Python headers (python3-dev), network access to PyPI. DDS traffic stays on this host
+# (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) on a random ROS_DOMAIN_ID.
 #
 #   --keep     keep the temporary folder (venv, build, install, logs) and print its path
 #   --dir DIR  work in DIR instead of a new temporary folder; an existing venv there is reused
-#   PYTHON     base interpreter (default: python3)
+#   PYTHON     the interpreter the project is installed in (default: python3, e.g. a venv's)
 
 set -euo pipefail
 
@@ -129,7 +132,7 @@ OPTIONAL_WHEELS=(ros-jazzy-launch ros-jazzy-launch-ros ros-jazzy-launch-testing
 START=$SECONDS
 STEP_START=$SECONDS
 SUMMARY=()
-FAILED=0
+FAILED=''
 
 step() {  # step NAME: start timing a step
   STEP_NAME="$1"
@@ -144,7 +147,7 @@ done_step() {  # done_step RESULT: record the step's result and duration
 
 fail() {  # fail MESSAGE: record, print the summary, exit 1
   done_step "FAILED: $1"
-  FAILED=1
+  FAILED="$1"
   exit 1
 }
 
@@ -158,10 +161,10 @@ summary() {
   echo
   echo "=== Summary (ROS 2 Jazzy wheels, $(basename "$ROOT"))"
   printf '%s\n' "${SUMMARY[@]}"
-  if ((code == 0 && FAILED == 0)); then
-    echo "RESULT: PASS in $((SECONDS - START)) s"
+  if ((code == 0)) && [[ -z "$FAILED" ]]; then
+    echo "RESULT: PASS in $((SECONDS - START)) s (Python ${PY_VERSION:-?})"
   else
-    echo "RESULT: FAIL (exit $code) after $((SECONDS - START)) s"
+    echo "RESULT: FAIL (exit $code) after $((SECONDS - START)) s: ${FAILED:-see the log above}"
   fi
   if ((KEEP)) || ((code != 0)); then
     echo "work folder kept: $WORK"
@@ -188,21 +191,45 @@ step 'tools'
 for tool in cmake cc c++ make; do
   command -v "$tool" >/dev/null || fail "$tool not found (apt-get install cmake g++ make)"
 done
-"$PYTHON" - <<'EOF' || fail "$PYTHON lacks the project's dependencies: pip install -e '.[test]'"
-import sys
-assert sys.version_info[:2] == (3, 11), f'Python {sys.version.split()[0]}: the wheels are cp311'
-import cv2, numpy, pytest, safetensors, torch, transformers, yaml  # noqa: F401
+PY_VERSION="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>&1)" \
+  || fail "$PYTHON does not run: $PY_VERSION"
+# One line on what the interpreter lacks, if anything.
+PY_PROBLEM="$("$PYTHON" - <<'EOF' 2>&1
+import importlib.util, sys
+needed = ['cv2', 'numpy', 'pytest', 'safetensors', 'torch', 'transformers', 'yaml']
+missing = [name for name in needed if importlib.util.find_spec(name) is None]
+if sys.version_info < (3, 10):
+    print('the project needs Python >= 3.10 (ROS 2 Humble: 3.10, Jazzy: 3.12)')
+elif missing:
+    print(f"lacks {', '.join(missing)}: pip install -e '.[test]' into it")
 EOF
-done_step "ok: $("$PYTHON" --version 2>&1), $(cmake --version | head -1)"
+)"
+[[ -z "$PY_PROBLEM" ]] || fail "Python $PY_VERSION ($PYTHON) $PY_PROBLEM"
+case "$PY_VERSION" in
+  3.10|3.11|3.12) PY_NOTE='' ;;
+  *) PY_NOTE=" (untested version: ROS 2 Humble uses 3.10, Jazzy 3.12)" ;;
+esac
+done_step "ok: Python $PY_VERSION$PY_NOTE, $(cmake --version | head -1)"
 
 # ---------------------------------------------------------------------------------------
 step 'venv + ROS 2 Jazzy wheels'
 if [[ ! -x "$VENV/bin/python" ]]; then
-  "$PYTHON" -m venv --system-site-packages "$VENV"
+  "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
+# This venv's own packages (the ROS wheels) come first, then the caller's site-packages, read
+# with site.addsitedir so that their .pth files (editable installs) work too.
+SITE="$("$PY" -c 'import sys, sysconfig
+print(sysconfig.get_path("purelib")[len(sys.prefix) + 1:])')"
+"$PYTHON" - "$VENV/$SITE/vitp_caller_site.pth" <<'EOF'
+import site, sys
+dirs = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+with open(sys.argv[1], 'w') as pth:
+    pth.write(f'import site; list(map(site.addsitedir, {dirs!r}))\n')  # no comprehension:
+    # before 3.12 its scope cannot see the `site` that a .pth line imports
+EOF
 "$PY" -m pip install --quiet "${ROS_WHEELS[@]}" "${BUILD_TOOLS[@]}" >"$LOGS/pip.log" 2>&1 \
-  || { tail -20 "$LOGS/pip.log"; fail "pip install (see $LOGS/pip.log)"; }
+  || { tail -20 "$LOGS/pip.log"; fail "pip install for Python $PY_VERSION (see $LOGS/pip.log)"; }
 OPTIONAL_NOTE='launch/launch_ros/launch_testing/tf2_ros: no PyPI wheels'
 if "$PY" -m pip install --quiet "${OPTIONAL_WHEELS[@]}" >"$LOGS/pip-optional.log" 2>&1; then
   OPTIONAL_NOTE='launch/launch_ros/launch_testing/tf2_ros wheels installed'
@@ -216,8 +243,12 @@ step 'repoint hard-coded include paths'
 # their build machine's (/opt/python/cpXY-cpXY/...); CMake refuses an imported target with a
 # missing include directory. Point them at this interpreter's headers, inside the venv only.
 PY_INCLUDE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
-NP_INCLUDE="$("$PY" -c 'import numpy; print(numpy.get_include())')"
-[[ -f "$PY_INCLUDE/Python.h" ]] || fail "no Python.h in $PY_INCLUDE (install python3.11-dev)"
+# NumPy's headers, copied into the work folder: CMake refuses include directories inside the
+# source tree, where they are when the project's venv is in the checkout (the Quick start's).
+NP_INCLUDE="$WORK/numpy-include"
+rm -rf "$NP_INCLUDE"
+cp -r "$("$PY" -c 'import numpy; print(numpy.get_include())')" "$NP_INCLUDE"
+[[ -f "$PY_INCLUDE/Python.h" ]] || fail "no Python.h in $PY_INCLUDE (apt-get install python3-dev)"
 mapfile -t EXPORTS < <(grep -rlE '/opt/python/[^/";]+/' "$VENV/share" --include='*.cmake' || true)
 for file in "${EXPORTS[@]}"; do
   sed -i -E \
@@ -233,7 +264,6 @@ done_step "ok: $PATCHED exported targets use $PY_INCLUDE and $NP_INCLUDE"
 
 # ---------------------------------------------------------------------------------------
 # The environment a sourced ROS 2 install would give (setup.bash), for this venv + install.
-SITE="lib/python3.11/site-packages"
 ROS_LIBS="$(find "$VENV/$SITE" -maxdepth 1 -type d -name 'ros_*.libs' | paste -sd:)"
 export AMENT_PREFIX_PATH="$INSTALL:$VENV"
 export CMAKE_PREFIX_PATH="$VENV"
@@ -249,7 +279,8 @@ step 'cmake configure + build + install'
 rm -rf "$BUILD" "$INSTALL"
 {
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$INSTALL" -DBUILD_TESTING=OFF \
-    -DPython3_EXECUTABLE="$PY" -DCMAKE_BUILD_TYPE=Release \
+    -DPython3_EXECUTABLE="$PY" -DPython3_NumPy_INCLUDE_DIR="$NP_INCLUDE" \
+    -DCMAKE_BUILD_TYPE=Release \
     && cmake --build "$BUILD" -j "$(nproc)" \
     && cmake --install "$BUILD"
 } >"$LOGS/cmake.log" 2>&1 || { tail -30 "$LOGS/cmake.log"; fail "cmake (see $LOGS/cmake.log)"; }
@@ -273,7 +304,8 @@ set +e
 code=$?
 set -e
 tail -15 "$LOGS/pytest.log"
-RESULT_LINE="$(grep -E '^[=]* ?[0-9]+ (passed|failed)' "$LOGS/pytest.log" | tail -1 | tr -d '=')"
+RESULT_LINE="$({ grep -E '^[=]* ?[0-9]+ (passed|failed)' "$LOGS/pytest.log" || true; } \
+  | tail -1 | tr -d '=')"
 ((code == 0)) || fail "pytest exit $code:${RESULT_LINE}"
 done_step "ok:${RESULT_LINE}"
 
@@ -302,7 +334,7 @@ if ! grep -q 'configured:' "$LOGS/node.log"; then
   cat "$LOGS/node.log"
   fail 'perception_node did not configure'
 fi
-sleep 1
+sleep 3  # activation follows "configured:"; SIGINT during it exits 1 (ros_node.main)
 kill -INT "$NODE_PID"
 set +e
 wait "$NODE_PID"

@@ -17,6 +17,7 @@ import sys
 
 from vit_perception import __version__
 from vit_perception.errors import VitPerceptionError, one_line, report_crash
+from vit_perception.tools import extras
 
 COMMANDS = {
     'node': ('vit_perception.tools.node', 'run the perception node live (rclpy or ROS-wire DDS)'),
@@ -28,10 +29,6 @@ COMMANDS = {
     'bench': ('vit_perception.tools.bench', 'naive HF pipeline vs engine, same run'),
     'export': ('vit_perception.tools.export', 'checkpoint -> ONNX, or bags -> LeRobot dataset'),
 }
-
-EXTRAS = {'cyclonedds': 'dds', 'rosbags': 'eval', 'mujoco': 'sim', 'matplotlib': 'eval',
-          'tqdm': 'eval', 'pyarrow': 'lerobot', 'av': 'lerobot'}
-
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage block), exit code 2."""
@@ -74,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(args: argparse.Namespace) -> int:
     """Run the subcommand; every error the user can fix -> one line on stderr, exit code 2."""
     try:
+        extras.check(args)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print(f'vit-perception {args.command}: interrupted', file=sys.stderr)
@@ -83,11 +81,11 @@ def run_command(args: argparse.Namespace) -> int:
         print(one_line(f'vit-perception {args.command}: error: {text}'), file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
-        extra = EXTRAS.get((err.name or '').split('.')[0])
+        extra = extras.extra_of((err.name or '').split('.')[0])
         if extra is None:
             raise
-        print(f'vit-perception {args.command}: error: needs {err.name!r}: install it with '
-              f"pip install 'vit_perception[{extra}]'", file=sys.stderr)
+        print(f'vit-perception {args.command}: error: needs the extra {extra} (missing '
+              f'{err.name}): {extras.install_hint([extra])}', file=sys.stderr)
         return 2
 
 
