@@ -223,3 +223,35 @@ def test_onnxruntime_uses_tensorrt_and_cuda_providers_only_for_a_cuda_device(mon
     assert runtimes.ort_providers('cpu') == ['CPUExecutionProvider']
     monkeypatch.setattr(ort, 'get_available_providers', lambda: ['CPUExecutionProvider'])
     assert runtimes.ort_providers('cuda') == ['CPUExecutionProvider']
+
+
+SIGNAL_AFTER_OPENVINO = """
+import gc, os, signal, sys
+from vit_perception.core import runtimes
+first = runtimes.OpenVinoSession(sys.argv[1])
+second = runtimes.OpenVinoSession(sys.argv[1])
+del first  # destroyed in creation order, as an engine's graphs are
+gc.collect()
+del second
+gc.collect()
+got = []
+signal.signal(signal.SIGTERM, lambda *_: got.append(1))
+os.kill(os.getpid(), signal.SIGTERM)
+print('handled', len(got))
+"""
+
+
+@pytest.mark.skipif('openvino' not in runtimes.installed_runtimes(),
+                    reason='openvino is not installed')
+def test_a_signal_after_openvino_compiled_reaches_the_python_handler(tmp_path):
+    """Regression: OpenVINO's CPU plugin replaced the loading thread's signal stack with memory
+    freed later; the next SIGTERM (ros2 launch's shutdown) was a segmentation fault."""
+    import subprocess
+    import sys
+
+    path = tmp_path / 'policy.onnx'
+    onnx_graphs.export_graphs(make_policy(), 'fp32', {'policy': path})
+    result = subprocess.run([sys.executable, '-X', 'faulthandler', '-c', SIGNAL_AFTER_OPENVINO,
+                             str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ['handled', '1']

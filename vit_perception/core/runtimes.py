@@ -8,6 +8,7 @@ no busy-waiting between calls) were chosen by measurement under CPU contention (
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import logging
 import threading
@@ -103,12 +104,30 @@ def ort_providers(device: str) -> list[str]:
     return [p for p in wanted if p in available]
 
 
+def on_own_thread(function, *args):
+    """function(*args) on a short-lived thread; its result (or its exception).
+
+    Measured: loading OpenVINO's CPU plugin (the first `Core.get_property('CPU', ...)` or
+    `compile_model`) replaces the calling thread's signal stack (sigaltstack) with memory that is
+    freed later, so the next signal delivered to that thread (a
+    SIGTERM from `ros2 launch`, replay's SIGINT/SIGTERM handler) ended the process with a
+    segmentation fault. Loaded and compiled on a thread of its own, the caller's signal stack is
+    untouched.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function, *args).result()
+
+
 class OpenVinoSession:
     """One ONNX graph compiled by OpenVINO for the CPU; bf16 when asked and the CPU has it."""
 
     name = 'openvino'
 
     def __init__(self, path: str | Path, *, bf16: bool = False, threads: int = 0):
+        on_own_thread(self._compile, path, bf16, threads)
+        self._lock = threading.Lock()  # one infer request: one caller at a time
+
+    def _compile(self, path: str | Path, bf16: bool, threads: int) -> None:
         import openvino as ov
 
         core = ov.Core()
@@ -127,7 +146,6 @@ class OpenVinoSession:
             config['INFERENCE_NUM_THREADS'] = threads
         self.compiled = core.compile_model(str(path), 'CPU', config)
         self.request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()  # one infer request: one caller at a time
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
