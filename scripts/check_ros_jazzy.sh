@@ -347,9 +347,9 @@ set +e
   >"$LOGS/node-bad.out" 2>"$LOGS/node-bad.err"
 bad_code=$?
 set -e
-if ((bad_code != 1)) || [[ "$(wc -l <"$LOGS/node-bad.err")" != 1 ]] \
+if ((bad_code != 2)) || [[ "$(wc -l <"$LOGS/node-bad.err")" != 1 ]] \
     || ! grep -q 'pose_input.source' "$LOGS/node-bad.err"; then
   cat "$LOGS/node-bad.err"
-  fail "bad parameter: exit $bad_code, expected 1 and one line naming pose_input.source"
+  fail "bad parameter: exit $bad_code, expected 2 and one line naming pose_input.source"
 fi
 done_step "ok: params file loads, SIGINT exit 0; bad value exit 1: $(cut -c1-60 "$LOGS/node-bad.err")"

@@ -564,7 +564,7 @@ def main(args: list[str] | None = None, *, config: NodeConfig | None = None) -> 
             pass  # Ctrl-C shut the context down while the executor was building its wait set
         else:
             print(errors.one_line(f'perception_node: {err}'), file=sys.stderr)
-            code = 1
+            code = 2 if isinstance(err, (VitPerceptionError, NameValidationException)) else 1
     except Exception as err:  # a bug: traceback to a log file, one line here
         code = errors.report_crash('perception_node', err)
     finally:
