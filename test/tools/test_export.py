@@ -84,3 +84,15 @@ def test_bad_arguments_are_one_line(tmp_path, monkeypatch, capsys, argv, message
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and 'Traceback' not in err[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_an_existing_file_is_kept_unless_overwrite(late_checkpoint, tmp_path, capsys):
+    out = tmp_path / 'policy.onnx'
+    out.write_bytes(b'keep me')
+    argv = ['export', '--model', str(late_checkpoint[0]), '--onnx', str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'exists' in err[0] and '--overwrite' in err[0]
+    assert out.read_bytes() == b'keep me'
+    assert main([*argv, '--overwrite']) == 0
+    assert out.read_bytes()[:8] != b'keep me' and out.stat().st_size > 1000

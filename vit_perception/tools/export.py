@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     onnx.add_argument('--fusion-refresh', action='store_true', help='late fusion: also '
                       'write the refresh graph (cached image tokens + a newer pose -> chunk) '
                       'as OUT.refresh.onnx')
+    onnx.add_argument('--overwrite', action='store_true',
+                      help='replace OUT.onnx (and OUT.refresh.onnx) when they exist')
     lerobot = parser.add_argument_group('--to-lerobot options')
     lerobot.add_argument('--node-config', default=None,
                          help='node YAML (topics.cameras, topics.pose, sync) used to build the '
@@ -96,6 +98,10 @@ def export_onnx(args: argparse.Namespace) -> int:
     outputs = {'policy': out}
     if args.fusion_refresh:
         outputs['refresh'] = refresh_path(out)
+    existing = [str(path) for path in outputs.values() if path.exists()]
+    if existing and not args.overwrite:
+        raise ConfigError(f'{", ".join(existing)} exists: give another --onnx name, or '
+                          '--overwrite to replace it')
     print(f'vit-perception export: exporting {args.model or "the shipped checkpoint"} '
           f'({policy.config.fusion.mode} fusion, {args.dtype}) ...', file=sys.stderr)
     export_graphs(policy, args.dtype, outputs)
