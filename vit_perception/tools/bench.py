@@ -346,8 +346,6 @@ def load_policy(model: str, size: str, fusion: str, cameras: int):
     return build_policy(config).eval()
 
 
-_load_policy = load_policy  # the name tools/live_bench.py imports
-
 
 def _model_flops(policy, images, pose, naive) -> float:
     """FLOPs of one fp32 forward (ViT + fusion + heads), counted by torch's FlopCounterMode."""

@@ -63,13 +63,13 @@ def save_random_checkpoint(directory: str | Path, *, size: str = 'small', camera
 
     from vit_perception.model.checkpoint import save_checkpoint
     from vit_perception.model.policy import build_policy
-    from vit_perception.tools.bench import _load_policy
+    from vit_perception.tools.bench import load_policy
 
     torch.manual_seed(0)
     if policy_config is not None:
         policy = build_policy(policy_config).eval()
     else:
-        policy = _load_policy('', size, fusion, cameras)
+        policy = load_policy('', size, fusion, cameras)
     return save_checkpoint(policy, directory)
 
 
