@@ -411,6 +411,7 @@ MAX_PERIOD_S = 3600.0
 MAX_AGE_S = 60.0
 MAX_CONFIG_FILE_BYTES = 1 << 20
 ENGINE_BACKENDS = ('auto', 'torch', 'openvino', 'onnxruntime')
+MAX_THREADS = 1024
 
 
 @dataclass
@@ -432,6 +433,9 @@ class EngineConfig:
     backend: str = 'torch'
     # Where the ONNX graphs are cached; '' = $XDG_CACHE_HOME/vit_perception/onnx.
     cache_dir: str = ''
+    # Intra-op threads of torch (process-wide) and of the runtimes; 0 = each library's default
+    # (one per core). Fewer than the cores can bound latency when other processes share them.
+    threads: int = 0
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -441,6 +445,9 @@ class EngineConfig:
                               f'{ENGINE_BACKENDS}')
         if not 0 <= self.warmup_iters <= 100_000:
             raise ConfigError(f'engine.warmup_iters={self.warmup_iters}: expected 0..100000')
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"engine.threads={self.threads}: expected 0 (the libraries' "
+                              f'default) .. {MAX_THREADS}')
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f'engine.device={short_repr(self.device)}: expected auto, cpu, '
                               'cuda, cuda:N or mps')

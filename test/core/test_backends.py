@@ -255,3 +255,37 @@ def test_a_signal_after_openvino_compiled_reaches_the_python_handler(tmp_path):
                              str(path)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-2:] == ['handled', '1']
+
+
+# -- engine.threads: one parameter for torch's pool and the runtimes' ------------------------
+
+def test_threads_is_validated():
+    assert NodeConfig.from_dict({'engine': {'threads': 1}}).engine.threads == 1
+    assert NodeConfig().engine.threads == 0
+    for bad in (-1, 1025):
+        with pytest.raises(ConfigError, match='engine.threads'):
+            NodeConfig.from_dict({'engine': {'threads': bad}})
+
+
+@pytest.mark.parametrize('backend', [
+    'torch', pytest.param('onnxruntime', marks=pytest.mark.skipif(
+        'onnxruntime' not in runtimes.installed_runtimes(), reason='onnxruntime not installed')),
+    pytest.param('openvino', marks=pytest.mark.skipif(
+        'openvino' not in runtimes.installed_runtimes(), reason='openvino not installed'))])
+def test_threads_reach_torch_and_the_runtime(backend, cache_dir, monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        config = NodeConfig.from_dict({'engine': {'threads': 1, 'backend': backend,
+                                                  'warmup_iters': 0,
+                                                  'cache_dir': str(cache_dir)}}).engine
+        monkeypatch.setattr(Engine, 'from_checkpoint',
+                            classmethod(lambda cls, path, **kw: cls(make_policy(), **kw)))
+        built = Engine.from_config(config)
+        assert torch.get_num_threads() == 1 and built.backend == backend
+        if backend == 'onnxruntime':
+            options = built.runtime._policy.session.get_session_options()
+            assert options.intra_op_num_threads == 1
+        if backend == 'openvino':
+            assert built.runtime._policy.compiled.get_property('INFERENCE_NUM_THREADS') == 1
+    finally:
+        torch.set_num_threads(before)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vit_perception.config import PolicyConfig
+from vit_perception.config import EngineConfig, PolicyConfig
 from vit_perception.core import runtimes
 from vit_perception.core.images import image_to_array
 from vit_perception.core.preprocess import Preprocessor
@@ -88,7 +88,7 @@ class Engine:
     def __init__(self, policy: VisionPosePolicy, *, device: str = 'auto', dtype: str = 'auto',
                  compile: bool = False, warmup_iters: int = 3,
                  warmup_frames: Sequence[ImageFrame] | None = None, backend: str = 'torch',
-                 cache_dir: str | Path = '', runtime_threads: int = 0):
+                 cache_dir: str | Path = '', threads: int = 0):
         if backend not in runtimes.BACKENDS:
             raise ConfigError(f'engine.backend={backend!r}: expected one of {runtimes.BACKENDS}')
         self.config: PolicyConfig = policy.config
@@ -96,7 +96,9 @@ class Engine:
         self.dtype = resolve_dtype(dtype, self.device)
         # Built from the policy before it is cast: the ONNX graphs are exported in fp32 (the
         # runtimes apply their own precision: OpenVINO's bf16 hint follows engine.dtype).
-        self._runtimes = self._build_runtimes(policy, backend, cache_dir, runtime_threads)
+        if threads:  # process-wide: torch has one intra-op pool; the runtimes get their own
+            torch.set_num_threads(threads)
+        self._runtimes = self._build_runtimes(policy, backend, cache_dir, threads)
         self.runtime: runtimes.RuntimeGraphs | None = None  # None = the torch path
         stats = policy.normalization()
         self.policy = policy.to(self.device, self.dtype).eval()
@@ -203,6 +205,14 @@ class Engine:
             path = DEFAULT_CHECKPOINT
         policy, _ = load_checkpoint(path)
         return cls(policy, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, **kwargs) -> Engine:
+        """The engine the node parameters `engine.*` describe (kwargs: e.g. warmup_frames)."""
+        return cls.from_checkpoint(config.model, device=config.device, dtype=config.dtype,
+                                   compile=config.compile, warmup_iters=config.warmup_iters,
+                                   backend=config.backend, cache_dir=config.cache_dir,
+                                   threads=config.threads, **kwargs)
 
     # -- properties the node core relies on ----------------------------------------------------
 

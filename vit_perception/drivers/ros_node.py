@@ -76,6 +76,8 @@ DESCRIPTIONS = {
     'engine.backend': "'torch', 'openvino', 'onnxruntime' (pip extra runtimes) or 'auto' "
                       '(time each installed one at warm-up, keep the lowest p99).',
     'engine.cache_dir': 'ONNX graph cache directory; empty = $XDG_CACHE_HOME/vit_perception/onnx.',
+    'engine.threads': 'Intra-op threads of torch (process-wide) and the runtimes; 0 = each '
+                      "library's default (one per core).",
     'topics.cameras': 'Image topics, one per camera, in the order of the checkpoint cameras.',
     'topics.camera_transports': "Per camera: 'raw' (sensor_msgs/Image) or 'compressed' "
                                 '(sensor_msgs/CompressedImage, give the .../compressed topic).',
@@ -302,11 +304,7 @@ class _Wiring:
         logger = self.node.get_logger()
         logger.info(f'loading {config.engine.model or "the shipped checkpoint"} on '
                     f'{config.engine.device} ...')
-        engine = Engine.from_checkpoint(config.engine.model, device=config.engine.device,
-                                        dtype=config.engine.dtype, compile=config.engine.compile,
-                                        warmup_iters=config.engine.warmup_iters,
-                                        backend=config.engine.backend,
-                                        cache_dir=config.engine.cache_dir)
+        engine = Engine.from_config(config.engine)
         def make_publisher(topic: str, msgtype: str, reliability: str, depth: int):
             make = (self.node.create_lifecycle_publisher if self.lifecycle
                     else self.node.create_publisher)

@@ -128,7 +128,7 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
         engines[name] = Engine(copy.deepcopy(policy), device=device, dtype=dtype,
                                compile=compile and name == 'torch', warmup_iters=warmup,
                                warmup_frames=frames, backend=name, cache_dir=cache_dir,
-                               runtime_threads=threads)
+                               threads=threads)
     pose = PoseSample(0, 'base', np.array([0.4, 0.0, 0.3]), np.array([0.0, 0.0, 0.0, 1.0]))
     obs = Observation(stamp_ns=0, frames=frames, pose=pose,
                       proprio=np.zeros(len(policy.config.pose.proprio_names)))

@@ -205,9 +205,7 @@ def node_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format='[node] %(levelname)s %(message)s')
     config = load_node_config(None, [f'domain_id={args.domain_id}',
                                      f'engine.model={args.model}', *args.overrides])
-    engine = Engine.from_checkpoint(config.engine.model, device=config.engine.device,
-                                    dtype=config.engine.dtype, compile=config.engine.compile,
-                                    warmup_iters=config.engine.warmup_iters)
+    engine = Engine.from_config(config.engine)
     if engine.config.ablate_images:
         print('[node] the checkpoint was trained with --ablate-images: the model zeroes every '
               'image', file=sys.stderr, flush=True)

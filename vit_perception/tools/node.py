@@ -69,11 +69,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f'vit-perception node: loading {config.engine.model or "the shipped checkpoint"} '
           f'on {config.engine.device} ...', file=sys.stderr)
-    engine = Engine.from_checkpoint(config.engine.model, device=config.engine.device,
-                                    dtype=config.engine.dtype, compile=config.engine.compile,
-                                    warmup_iters=config.engine.warmup_iters,
-                                    backend=config.engine.backend,
-                                    cache_dir=config.engine.cache_dir)
+    engine = Engine.from_config(config.engine)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

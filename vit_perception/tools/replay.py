@@ -82,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
     BagInput(bag_path, config).close()
     print(f'replay: loading {config.engine.model or "the shipped checkpoint"} ...',
           file=sys.stderr)
-    engine = Engine.from_checkpoint(config.engine.model, device=config.engine.device,
-                                    dtype=config.engine.dtype, compile=config.engine.compile,
-                                    warmup_iters=config.engine.warmup_iters)
+    engine = Engine.from_config(config.engine)
     result = replay(bag_path, config, engine, out, storage=args.storage,
                     action_topic=args.action_topic, report=args.report,
                     diagnostics=args.diagnostics, progress=True,
