@@ -59,6 +59,30 @@ def test_bench_compares_every_backend_quiet_and_under_load(checkpoint, tmp_path,
     assert all(name in text for name in names) and 'p99/quiet p50' in text
 
 
+
+def test_bench_compares_thread_counts_in_one_run(checkpoint, tmp_path, capsys):
+    code = cli.main(['bench', '--model', str(checkpoint), '--iters', '2', '--warmup', '1',
+                     '--no-compile', '--dtype', 'fp32', '--device', 'cpu', '--image', '64x48',
+                     '--backends', 'torch', '--threads', '0,1', '--cache-dir', str(tmp_path),
+                     '--json'])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report['contenders']) == ['naive', 'torch@default', 'torch@1']
+    assert report['threads'] == [0, 1] and report['torch_threads'] == torch.get_num_threads()
+    assert report['contenders']['torch@1']['chunk_max_abs_diff_vs_torch'] < 1e-5
+    assert {k: v['chosen'] for k, v in report['targets_by_threads'].items()} == {
+        '0': 'torch@default', '1': 'torch@1'}
+    assert report['targets'] == report['targets_by_threads']['0']
+    text = bench.format_report(report)
+    assert 'torch@1' in text and '(lowest quiet p99 (threads 1)' in text
+
+
+@pytest.mark.parametrize('bad', ['one', '1,1', '-1'])
+def test_bad_thread_list_is_one_line(bad, capsys):
+    assert cli.main(['bench', '--threads', bad, '--iters', '1']) == 2
+    err = capsys.readouterr().err
+    assert '--threads' in err and len(err.strip().splitlines()) == 1
+
 def test_busy_loops_stop_when_the_bench_fails():
     with pytest.raises(RuntimeError), bench.busy_load(2, seconds=600) as procs:
         assert [p.poll() for p in procs] == [None, None]  # spinning

@@ -53,8 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         'onnxruntime)')
     parser.add_argument('--load', type=int, default=0, metavar='N', help='measure again while N '
                         'busy-loop processes compete for the CPU (p50/p99 under contention)')
-    parser.add_argument('--threads', type=int, default=0, help='intra-op threads for torch and '
-                        "the runtimes (default 0: each library's own default)")
+    parser.add_argument('--threads', default='0', help='intra-op threads for torch and the '
+                        "runtimes (engine.threads; default 0: each library's own default); a "
+                        'comma-separated list (e.g. 0,1) benchmarks every backend at each count, '
+                        'alternating in the same run')
     parser.add_argument('--cache-dir', default='', help='ONNX graph cache (default '
                         '$XDG_CACHE_HOME/vit_perception/onnx)')
     parser.add_argument('--json', action='store_true', help='print JSON only')
@@ -73,14 +75,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'--image {args.image!r}: expected WIDTHxHEIGHT, e.g. 640x480') from None
     if args.iters < 1 or args.cameras < 1:
         raise ConfigError('--iters and --cameras must be >= 1')
-    if args.load < 0 or args.threads < 0:
-        raise ConfigError('--load and --threads must be >= 0')
+    try:
+        threads = [int(v) for v in args.threads.split(',')]
+    except ValueError:
+        raise ConfigError(f'--threads {args.threads!r}: expected a count or a comma-separated '
+                          'list of counts, e.g. 0,1') from None
+    if args.load < 0 or min(threads) < 0 or len(set(threads)) != len(threads):
+        raise ConfigError('--load and --threads must be >= 0 (thread counts without repeats)')
     backends = [b for b in args.backends.split(',') if b] if args.backends else None
     report = benchmark(model=args.model, size=args.size, fusion=args.fusion,
                        cameras=args.cameras, width=width, height=height, iters=args.iters,
                        warmup=args.warmup, device=args.device, dtype=args.dtype,
                        compile=args.compile, backends=backends, load=args.load,
-                       threads=args.threads, cache_dir=args.cache_dir,
+                       threads=threads, cache_dir=args.cache_dir,
                        progress=None if args.json else lambda text: print(text, file=sys.stderr))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -88,8 +95,12 @@ def run(args: argparse.Namespace) -> int:
 
 def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, height=480,
               iters=30, warmup=3, device='auto', dtype='auto', compile=False, backends=None,
-              load=0, threads=0, cache_dir='', progress=None) -> dict:
-    """Run every contender alternately (quiet, then under `load`); return the report dict."""
+              load=0, threads=(0,), cache_dir='', progress=None) -> dict:
+    """Run every contender alternately (quiet, then under `load`); return the report dict.
+
+    Contenders: the naive pipeline and an engine per backend and per count in `threads` (named
+    `backend` for one count, `backend@N` / `backend@default` for several).
+    """
     import torch
 
     from vit_perception.core import runtimes
@@ -104,8 +115,7 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
     from vit_perception.errors import ConfigError
 
     dev = resolve_device(device)
-    if threads:
-        torch.set_num_threads(threads)
+    default_threads = torch.get_num_threads()
     if backends is None:
         backends = ['torch', *(name for name in runtimes.installed_runtimes()
                                if dev.type == 'cpu' or name == 'onnxruntime')]
@@ -121,22 +131,36 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
     frames = tuple(ImageFrame(stamp_ns=0, frame_id='camera', data=img.tobytes(), height=height,
                               width=width, encoding='rgb8', step=width * 3, camera=i)
                    for i, img in enumerate(images))
-    engines = {}
-    for name in backends:
-        if progress:
-            progress(f'bench: building the {name} engine (export and warm-up included)...')
-        engines[name] = Engine(copy.deepcopy(policy), device=device, dtype=dtype,
-                               compile=compile and name == 'torch', warmup_iters=warmup,
-                               warmup_frames=frames, backend=name, cache_dir=cache_dir,
-                               threads=threads)
+    engines, engine_threads = {}, {}
+    for count in threads:
+        for name in backends:
+            label = name if len(threads) == 1 else f'{name}@{count or "default"}'
+            if progress:
+                progress(f'bench: building the {label} engine (export and warm-up included)...')
+            torch.set_num_threads(count or default_threads)
+            engines[label] = Engine(copy.deepcopy(policy), device=device, dtype=dtype,
+                                    compile=compile and name == 'torch', warmup_iters=warmup,
+                                    warmup_frames=frames, backend=name, cache_dir=cache_dir,
+                                    threads=count)
+            engine_threads[label] = count or default_threads
+    torch.set_num_threads(threads[0] or default_threads)
     pose = PoseSample(0, 'base', np.array([0.4, 0.0, 0.3]), np.array([0.0, 0.0, 0.0, 1.0]))
     obs = Observation(stamp_ns=0, frames=frames, pose=pose,
                       proprio=np.zeros(len(policy.config.pose.proprio_names)))
     for _ in range(warmup):
         naive(images, pose)
-    calls = {'naive': lambda: naive(images, pose),
-             **{name: (lambda e=engine: e.infer(obs).timings_ms)
-                for name, engine in engines.items()}}
+
+    def engine_call(label):
+        def call():  # torch's pool is process-wide: each engine runs with its own count
+            torch.set_num_threads(engine_threads[label])
+            return engines[label].infer(obs).timings_ms
+        return call
+
+    def naive_call():
+        torch.set_num_threads(threads[0] or default_threads)
+        return naive(images, pose)
+
+    calls = {'naive': naive_call, **{label: engine_call(label) for label in engines}}
     if progress:
         progress(f'bench: {iters} alternating iterations of {", ".join(calls)}...')
     quiet = runtimes.measure_backends(lambda name: calls[name](), list(calls), iters)
@@ -160,8 +184,10 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
                                      for name, engine in engines.items()}}
     contenders = {name: _contender(quiet[name], loaded and loaded[name], precisions[name],
                                    flops, peak) for name in calls}
-    if 'torch' in engines:  # parity on the benchmarked input: each backend vs the torch engine
-        reference = engines['torch'].infer(obs).chunk
+    torch.set_num_threads(threads[0] or default_threads)
+    reference_name = next((label for label in engines if label.split('@')[0] == 'torch'), None)
+    if reference_name:  # parity on the benchmarked input: each backend vs the torch engine
+        reference = engines[reference_name].infer(obs).chunk
         for name, engine in engines.items():
             difference = np.abs(engine.infer(obs).chunk - reference).max()
             contenders[name]['chunk_max_abs_diff_vs_torch'] = float(difference)
@@ -169,8 +195,8 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
     report = {
         'device': str(dev),
         'device_name': _device_name(dev),
-        'torch_threads': torch.get_num_threads(),
-        'threads': threads,
+        'torch_threads': default_threads,
+        'threads': list(threads),
         'engine_dtype': dtype_name(engine_dtype),
         'native_bf16': dev.type == 'cuda' or cpu_has_fast_bf16(),
         'compile': compile,
@@ -185,16 +211,23 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
         'contenders': contenders,
         'naive_ms': naive_stats,
     }
-    if 'torch' in engines:  # the naive-vs-engine comparison (the torch engine)
-        engine_stats = _summarize(quiet['torch'])
+    if reference_name:  # the naive-vs-engine comparison (the torch engine)
+        engine_stats = _summarize(quiet[reference_name])
         report.update({
             'engine_ms': engine_stats,
             'speedup_p50': naive_stats['total']['p50'] / engine_stats['total']['p50'],
             'speedup_p99': naive_stats['total']['p99'] / engine_stats['total']['p99'],
             'achieved_gflops': {'naive_fp32': contenders['naive']['gflops'],
-                                'engine': contenders['torch']['gflops']},
+                                'engine': contenders[reference_name]['gflops']},
         })
-    report['targets'] = _targets(contenders, list(engines), peak, report['native_bf16'])
+    groups = {count: [label for label in engines if engine_threads[label] == (count or
+                                                                            default_threads)]
+              for count in threads}
+    report['targets'] = _targets(contenders, groups[threads[0]], peak, report['native_bf16'])
+    if len(threads) > 1:  # the targets for each thread count (its own quiet p50 as reference)
+        report['targets_by_threads'] = {
+            str(count): _targets(contenders, group, peak, report['native_bf16'])
+            for count, group in groups.items()}
     return report
 
 
@@ -395,21 +428,22 @@ def _device_name(device) -> str:
 
 
 def format_report(report: dict) -> str:
-    threads = f", --threads {report['threads']}" if report['threads'] else ''
+    threads = (f", --threads {','.join(map(str, report['threads']))}"
+               if report['threads'] != [0] else '')
     lines = [f"bench: {report['model']}, {report['fusion']} fusion, {report['cameras']} x "
              f"{report['image']}, {report['iters']} iterations alternating, "
              f"device {report['device']} ({report['device_name']}, "
-             f"{report['torch_threads']} torch threads{threads})", '']
+             f"{report['torch_threads']} torch threads by default{threads})", '']
     if 'engine_ms' in report:
         lines += _stage_table(report) + ['']
     load = report['load']
-    header = (f"{'contender':<13}{'precision':>10}{'p50 ms':>9}{'p99 ms':>9}{'model p50':>11}"
+    header = (f"{'contender':<20}{'precision':>10}{'p50 ms':>9}{'p99 ms':>9}{'model p50':>11}"
               f"{'e2e/model':>11}{'GFLOP/s':>9}{'% peak':>8}{'|diff|':>9}")
     if load:
         header += f"{f'load {load}: p50':>15}{'p99':>8}{'p99/quiet p50':>15}"
     lines.append(header)
     for name, c in report['contenders'].items():
-        row = (f"{name:<13}{c['precision']:>10}{c['total_ms']['p50']:>9.1f}"
+        row = (f"{name:<20}{c['precision']:>10}{c['total_ms']['p50']:>9.1f}"
                f"{c['total_ms']['p99']:>9.1f}{c['model_ms']['p50']:>11.1f}"
                f"{c['end_to_end_over_model']:>11.3f}{c['gflops']:>9.0f}"
                f"{c['percent_of_peak']:>8.0f}"
@@ -426,7 +460,9 @@ def format_report(report: dict) -> str:
         lines.append(f"naive -> torch engine speed-up (median end-to-end): "
                      f"{report['speedup_p50']:.2f}x (p99: {report['speedup_p99']:.2f}x), "
                      f"engine dtype {report['engine_dtype']}")
-    lines += _target_lines(report['targets'])
+    by_threads = report.get('targets_by_threads') or {'': report['targets']}
+    for count, targets in by_threads.items():
+        lines += _target_lines(targets, f' (threads {count or "default"})' if count else '')
     return '\n'.join(lines)
 
 
@@ -447,7 +483,7 @@ def _stage_table(report: dict) -> list[str]:
     return lines
 
 
-def _target_lines(targets: dict) -> list[str]:
+def _target_lines(targets: dict, among: str = '') -> list[str]:
     """The issue's targets, each with its measured value and whether it is met."""
     if not targets:
         return []
@@ -456,7 +492,8 @@ def _target_lines(targets: dict) -> list[str]:
         return 'met' if ok else 'NOT met'
 
     chosen = targets['chosen']
-    lines = ['', f'targets for {chosen} (lowest quiet p99, what engine.backend auto keeps):']
+    lines = ['', f'targets for {chosen} (lowest quiet p99{among}, what engine.backend auto '
+                 'keeps):']
     if 'fastest_peer' in targets:
         ratio = targets['chosen_p50_over_fastest_peer_p50']
         lines.append(f"  quiet p50 vs the fastest peer ({targets['fastest_peer']}): {ratio:.2f}x "
