@@ -69,3 +69,29 @@ def test_bench_rejects_bad_image_size():
     out = run_cli('bench', '--image', '640by480')
     assert out.returncode == 2
     assert 'expected WIDTHxHEIGHT' in out.stderr
+
+
+def test_sigterm_stops_a_command_like_ctrl_c_and_its_cleanup_runs(monkeypatch, capsys):
+    """A SIGTERM (a launch file, systemd, `kill`) must not orphan what the command started."""
+    import os
+    import signal
+    import time
+
+    from vit_perception.tools import bench
+
+    cleaned = []
+
+    def run(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # interrupted by the signal long before this ends
+            return 1
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(bench, 'run', run)
+    assert cli.main(['bench']) == 0  # not 1: the sleep was interrupted
+    assert cleaned == [True]
+    assert 'vit-perception bench: interrupted' in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # restored for the caller

@@ -13,7 +13,9 @@ import argparse
 import importlib
 import logging
 import math
+import signal
 import sys
+import threading
 
 from vit_perception import __version__
 from vit_perception.errors import VitPerceptionError, one_line, report_crash
@@ -62,10 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format='[%(levelname)s] [%(name)s]: %(message)s')
+    # SIGTERM stops every command like Ctrl-C: `finally` blocks run, so the processes a command
+    # started (nodes, peers, busy loops) are stopped with it instead of being left orphaned.
+    # Commands that handle signals themselves (node, replay) install their own handlers.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main_thread \
+        else None
     try:
         return run_command(args)
     except Exception as err:  # a bug, not bad input: traceback to a file, one line here
         return report_crash(f'vit-perception {args.command}', err)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_command(args: argparse.Namespace) -> int:
