@@ -4,6 +4,7 @@ chunk targets, normalization, loss going down, determinism, exact resume, one-li
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,26 +19,12 @@ from vit_perception.core.preprocess import Preprocessor
 from vit_perception.drivers.bag import BagInput
 from vit_perception.model.checkpoint import load_checkpoint
 from vit_perception.tools import cli, dataset, train
-from vit_perception.tools.sim.record import record_episodes
 from vit_perception.tools.sim.scene import ACTION_NAMES
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/doubles.py (importlib mode)
+from doubles import TINY_POLICY as TINY  # noqa: E402
+
 MS = 1_000_000
-TINY = {
-    'backbone': {'hidden_size': 16, 'num_layers': 1, 'num_heads': 2, 'mlp_ratio': 2,
-                 'patch_size': 8, 'image_size': 32},
-    'pose': {'num_tokens': 1},
-    'actions': {'horizon': 4, 'dt': 0.1},
-    'embedding': {'dim': 8},
-    'preprocess': {'size': [32, 32]},
-}
-
-
-@pytest.fixture(scope='module')
-def bags(tmp_path_factory):
-    """Three short expert episodes at 32 px (seeds 0, 1, 2)."""
-    root = tmp_path_factory.mktemp('bags')
-    record_episodes(root / 'demos', 3, seed=0, image_size=32, max_steps=8)
-    return root / 'demos'
 
 
 @pytest.fixture(scope='module')
