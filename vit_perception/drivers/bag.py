@@ -15,6 +15,7 @@ stored in the bag itself.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,6 @@ class BagInput:
 
     def _setup(self, config: NodeConfig, extra_topics: Sequence[str], require_extra: bool,
                proprio_names: Sequence[str]):
-        import dataclasses
-
         from vit_perception.drivers import ros_types
         from vit_perception.drivers.routes import input_routes
 
