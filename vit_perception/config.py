@@ -379,7 +379,8 @@ def estimate_parameters(config: PolicyConfig) -> int:
         count += config.fusion.late_layers * (12 * hidden * hidden + 13 * hidden)
     pose_dim = POSE_FEATURES + len(config.pose.proprio_names)  # one tokenizer, shared by arms
     count += pose_dim * hidden + hidden * hidden * config.pose.num_tokens
-    count += (len(config.cameras) + config.pose.num_tokens + len(config.pose.arms)) * hidden
+    arms = len(config.pose.arms)
+    count += (len(config.cameras) + config.pose.num_tokens + (arms if arms > 1 else 0)) * hidden
     outputs = config.actions.horizon * len(config.actions.names)
     count += hidden * config.embedding.dim + hidden * hidden + hidden * outputs
     return int(count)
