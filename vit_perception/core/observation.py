@@ -287,7 +287,7 @@ class ObservationBuilder:
                 return f'{kind}_duplicate', f'{name} stamp {stamp} ns repeated'
             if stamp < newest.stamp_ns:
                 return f'{kind}_out_of_order', (f'{name} stamp {stamp} ns older than the newest '
-                                                f'{newest.stamp_ns} ns')
+                                                f'{name} {newest.stamp_ns} ns')
         return '', ''
 
     def _validate_pose(self, pose, now_ns: int):
