@@ -1,57 +1,15 @@
-"""Test doubles shared by the test folders (fixtures: pytest runs with --import-mode=importlib,
-so test modules take these as fixtures rather than importing them)."""
+"""Fixtures shared by the test folders (pytest runs with --import-mode=importlib, so test
+modules take these as fixtures; the classes live in test/doubles.py)."""
 
 from __future__ import annotations
 
-import numpy as np
+import sys
+from pathlib import Path
+
 import pytest
 
-from vit_perception.core.types import ActionChunkResult
-
-
-class FakeEngine:
-    """Embedding = pose position; chunk[i] = position + i (3 actions, horizon 4)."""
-
-    model_id = 'fake-model'
-    action_names = ['x', 'y', 'z']
-    dt = 0.1
-    horizon = 4
-    fusion = 'early'
-
-    def infer(self, obs):
-        position = obs.pose.position.astype(np.float32)
-        chunk = position[None, :] + np.arange(self.horizon, dtype=np.float32)[:, None]  # (H, 3)
-        return ActionChunkResult(obs.stamp_ns, position, chunk, {'model': 1.0})
-
-    def refresh(self, pose, proprio=None, observation_stamp_ns=None):
-        return None
-
-
-class RecordingCore:
-    """What a driver hands the core: images, poses and bad-message reports, in order."""
-
-    def __init__(self):
-        self.images, self.poses, self.bad = [], [], []
-
-    def on_image(self, frame) -> None:
-        self.images.append(frame)
-
-    def on_pose(self, pose) -> None:
-        self.poses.append(pose)
-
-    def on_bad_message(self, source: str, reason: str, detail: str) -> None:
-        self.bad.append((source, reason, detail))
-
-
-class CapturingPublisher:
-    """A publisher of any transport: keeps the CDR bytes it was given."""
-
-    def __init__(self, topic: str, msgtype: str, reliability: str, depth: int):
-        self.topic, self.msgtype, self.qos = topic, msgtype, (reliability, depth)
-        self.sent: list[bytes] = []
-
-    def publish_cdr(self, cdr) -> None:
-        self.sent.append(bytes(cdr))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test/doubles.py (importlib mode)
+from doubles import CapturingTransport, FakeEngine, RecordingCore  # noqa: E402
 
 
 @pytest.fixture
@@ -60,24 +18,27 @@ def fake_engine() -> FakeEngine:
 
 
 @pytest.fixture
+def two_arm_engine() -> FakeEngine:
+    """Arms 'left' and 'right', joints 'j0' and 'j1'."""
+    return FakeEngine(arms=['left', 'right'], proprio_names=['j0', 'j1'])
+
+
+@pytest.fixture
 def recording_core() -> RecordingCore:
     return RecordingCore()
-
-
-class CapturingTransport:
-    """A publisher factory (drivers/outputs.PublisherFactory) whose publishers keep the bytes."""
-
-    def __init__(self):
-        self.publishers: dict[str, CapturingPublisher] = {}
-
-    def make_publisher(self, topic: str, msgtype: str, reliability: str, depth: int):
-        self.publishers[topic] = CapturingPublisher(topic, msgtype, reliability, depth)
-        return self.publishers[topic]
-
-    def sent(self, topic: str) -> list[bytes]:
-        return self.publishers[topic].sent
 
 
 @pytest.fixture
 def capturing_transport() -> CapturingTransport:
     return CapturingTransport()
+
+
+@pytest.fixture(scope='session')
+def bags(tmp_path_factory) -> Path:
+    """Three short expert episodes of the sim at 32 px (seeds 0, 1, 2), recorded once per
+    session (a test module may define its own `bags`)."""
+    from vit_perception.tools.sim.record import record_episodes
+
+    root = tmp_path_factory.mktemp('expert_bags')
+    record_episodes(root / 'demos', 3, seed=0, image_size=32, max_steps=8)
+    return root / 'demos'

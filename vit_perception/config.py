@@ -33,6 +33,8 @@ MAX_TOKENS_PER_CAMERA = 4096
 MAX_IMAGE_SIDE = 4096  # backbone.image_size, preprocess sizes
 MAX_CAMERAS = 16
 MAX_NAMES = 64  # action names, proprio names
+MAX_ARMS = 8
+POSE_FEATURES = 9  # per arm: position (3) + 6D rotation (6)
 MAX_LIST_LENGTH = 1024  # any list in a config
 NUMBER = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+')  # 1e9: a str to YAML 1.1
 
@@ -78,21 +80,31 @@ class BackboneConfig:
 
 @dataclass
 class PoseConfig:
-    """How the end-effector pose (+ optional proprio scalars) becomes tokens."""
+    """How the end-effector poses (+ optional proprio scalars) become tokens."""
 
-    # Number of pose tokens K added to the sequence.
+    # Number of pose tokens K per arm added to the sequence.
     num_tokens: int = 2
-    # Names of extra proprioceptive scalars appended to the pose (e.g. ['gripper']).
+    # One name per arm (one PoseStamped topic each, in this order); every arm's pose becomes K
+    # tokens of one shared tokenizer, tagged with a learned arm embedding when there are several.
+    arms: list[str] = field(default_factory=lambda: ['ee'])
+    # Joint names read from sensor_msgs/JointState.position (matched by name); the values are
+    # appended to the first arm's pose features (e.g. ['gripper']).
     proprio_names: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         _require_positive('pose.num_tokens', self.num_tokens, 256)
         _require_at_most('pose.proprio_names', len(self.proprio_names), MAX_NAMES)
+        if len(set(self.proprio_names)) != len(self.proprio_names):
+            raise ConfigError(f'pose.proprio_names has duplicates: {self.proprio_names}')
+        if (not self.arms or len(set(self.arms)) != len(self.arms)
+                or len(self.arms) > MAX_ARMS):
+            raise ConfigError(f'pose.arms={short_repr(self.arms)}: expected 1..{MAX_ARMS} '
+                              'unique names')
 
     @property
     def feature_dim(self) -> int:
-        """Position (3) + 6D rotation (6) + proprio scalars."""
-        return 9 + len(self.proprio_names)
+        """Per arm position (3) + 6D rotation (6), then the proprio scalars: 9 * arms + P."""
+        return POSE_FEATURES * len(self.arms) + len(self.proprio_names)
 
 
 @dataclass
@@ -365,9 +377,10 @@ def estimate_parameters(config: PolicyConfig) -> int:
     count = layers * per_layer + channels * patch * patch * hidden + (tokens + 2) * hidden
     if config.fusion.mode == 'late':
         count += config.fusion.late_layers * (12 * hidden * hidden + 13 * hidden)
-    pose_dim = config.pose.feature_dim
+    pose_dim = POSE_FEATURES + len(config.pose.proprio_names)  # one tokenizer, shared by arms
     count += pose_dim * hidden + hidden * hidden * config.pose.num_tokens
-    count += (len(config.cameras) + config.pose.num_tokens) * hidden
+    arms = len(config.pose.arms)
+    count += (len(config.cameras) + config.pose.num_tokens + (arms if arms > 1 else 0)) * hidden
     outputs = config.actions.horizon * len(config.actions.names)
     count += hidden * config.embedding.dim + hidden * hidden + hidden * outputs
     return int(count)
@@ -398,7 +411,29 @@ def check_model_budget(config: PolicyConfig) -> None:
 # --------------------------------------------------------------------------------------------
 # Node configuration: one dataclass tree, mapped 1:1 onto ROS parameters (dotted names, e.g.
 # `sync.max_pose_skew`) and onto config/default.yaml under `vit_perception: ros__parameters:`.
+# Each field is declared with `param(description, default=...)`: its one description, which the
+# rclpy node declares the ROS parameter with.
 # --------------------------------------------------------------------------------------------
+
+def param(help: str, *, default: Any = dataclasses.MISSING,
+          factory: Any = dataclasses.MISSING):
+    """A node parameter: its description (the one place it is written: the rclpy node declares
+    the parameter with it) and its default or default factory."""
+    return field(default=default, default_factory=factory, metadata={'help': help})
+
+
+def parameter_descriptions(cls: type | None = None, prefix: str = '') -> dict[str, str]:
+    """{'sync.max_pose_skew': description, ...}: every node parameter (dotted name)."""
+    cls = cls or NodeConfig
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for item in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[item.name]):
+            out.update(parameter_descriptions(hints[item.name], f'{prefix}{item.name}.'))
+        else:
+            out[f'{prefix}{item.name}'] = item.metadata['help']
+    return out
+
 
 RELIABILITY = ('best_effort', 'reliable')
 CAMERA_TRANSPORTS = ('raw', 'compressed')
@@ -418,24 +453,34 @@ MAX_THREADS = 1024
 class EngineConfig:
     """Which checkpoint to run and how."""
 
-    # Checkpoint directory; empty = the small checkpoint shipped with the package.
-    model: str = ''
-    # 'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...
-    device: str = 'auto'
-    # 'auto' = bf16 where fast (CUDA, or CPU with bf16 matmul), else fp32.
-    dtype: str = 'auto'
-    # torch.compile the forward pass (slower start, faster steady state).
-    compile: bool = False
-    # Forward passes run at load time so the first real message is not slow.
-    warmup_iters: int = 3
-    # 'torch', 'openvino', 'onnxruntime' (ONNX graphs, pip extra `runtimes`), or 'auto': time
-    # every installed one during warm-up and keep the lowest p99.
-    backend: str = 'torch'
-    # Where the ONNX graphs are cached; '' = $XDG_CACHE_HOME/vit_perception/onnx.
-    cache_dir: str = ''
-    # Intra-op threads of torch (process-wide) and of the runtimes; 0 = each library's default
-    # (one per core). Fewer than the cores can bound latency when other processes share them.
-    threads: int = 0
+    model: str = param(
+        'Checkpoint directory; empty = the small checkpoint shipped with the package.',
+        default='')
+    device: str = param(
+        "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...",
+        default='auto')
+    dtype: str = param(
+        "'auto' (bf16 on CUDA and on CPUs with bf16 matmul, else fp32), 'fp32', 'bf16' or "
+        "'fp16'.",
+        default='auto')
+    compile: bool = param(
+        'torch.compile the forward pass (slower start, faster steady state).',
+        default=False)
+    warmup_iters: int = param(
+        'Forward passes run at load time so the first message is not slow.',
+        default=3)
+    backend: str = param(
+        "'torch', 'openvino', 'onnxruntime' (pip extra runtimes) or 'auto' (time each installed "
+        'one at warm-up, keep the lowest p99).',
+        default='torch')
+    cache_dir: str = param(
+        'ONNX graph cache directory; empty = $XDG_CACHE_HOME/vit_perception/onnx.',
+        default='')
+    threads: int = param(
+        "Intra-op threads of torch (process-wide) and of the runtimes; 0 = each library's "
+        'default (one per core). Fewer than the cores bounds latency when other processes '
+        'share them.',
+        default=0)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -457,18 +502,40 @@ class EngineConfig:
 class TopicsConfig:
     """Topic names (all remappable)."""
 
-    # One topic per camera, in the order of the checkpoint's `cameras`.
-    cameras: list[str] = field(default_factory=lambda: ['/camera/image_raw'])
-    # Per camera: 'raw' (sensor_msgs/Image) or 'compressed' (sensor_msgs/CompressedImage).
-    camera_transports: list[str] = field(default_factory=lambda: ['raw'])
-    pose: str = '/ee_pose'
-    embedding: str = '/vit_perception/embedding'
-    action_chunk: str = '/vit_perception/action_chunk'
-    action: str = '/vit_perception/action'
-    diagnostics: str = '/diagnostics'
-    # Optional extra output: each action as geometry_msgs/TwistStamped (deltas / dt) for
-    # velocity-controlled arms and the Gazebo bridge; '' = off.
-    twist: str = ''
+    cameras: list[str] = param(
+        'Image topics, one per camera, in the order of the checkpoint cameras.',
+        factory=lambda: ['/camera/image_raw'])
+    camera_transports: list[str] = param(
+        "Per camera: 'raw' (sensor_msgs/Image) or 'compressed' (sensor_msgs/CompressedImage, give"
+        ' the .../compressed topic).',
+        factory=lambda: ['raw'])
+    poses: list[str] = param(
+        'End-effector pose inputs (geometry_msgs/PoseStamped), one per arm in the order of the '
+        'checkpoint pose.arms; unused with pose_input.source tf.',
+        factory=lambda: ['/ee_pose'])
+    pose: str = param(
+        'One-arm shorthand of topics.poses (kept for existing configs); empty = use topics.poses.',
+        default='')
+    joint_states: str = param(
+        'Joint positions input (sensor_msgs/JointState), read by name when the checkpoint has '
+        'pose.proprio_names; else not subscribed.',
+        default='/joint_states')
+    embedding: str = param(
+        'Output: vit_perception/Embedding, one per observation.',
+        default='/vit_perception/embedding')
+    action_chunk: str = param(
+        'Output: vit_perception/ActionChunk, one per observation.',
+        default='/vit_perception/action_chunk')
+    action: str = param(
+        'Output: vit_perception/ActionChunk with horizon 1, every control tick.',
+        default='/vit_perception/action')
+    diagnostics: str = param(
+        'Output: diagnostic_msgs/DiagnosticArray, every diagnostics_period.',
+        default='/diagnostics')
+    twist: str = param(
+        'Optional output: each action as geometry_msgs/TwistStamped (dx dy dz drx dry drz divided'
+        ' by the chunk dt, missing ones 0); empty = off.',
+        default='')
 
     def __post_init__(self):
         if not self.cameras or len(self.cameras) > MAX_CAMERAS:
@@ -482,6 +549,14 @@ class TopicsConfig:
             if transport not in CAMERA_TRANSPORTS:
                 raise ConfigError(f'topics.camera_transports: {short_repr(transport)} is not '
                                   f'one of {CAMERA_TRANSPORTS}')
+        if self.pose:
+            if self.poses not in (['/ee_pose'], [self.pose]):
+                raise ConfigError(f'topics.pose={self.pose!r} and topics.poses={self.poses}: '
+                                  'give one of them (topics.pose is the one-arm shorthand)')
+            self.poses, self.pose = [self.pose], ''
+        if not self.poses or len(self.poses) > MAX_ARMS:
+            raise ConfigError(f'topics.poses has {len(self.poses)} topics: give one '
+                              f'PoseStamped topic per arm (1..{MAX_ARMS})')
 
 
 POSE_SOURCES = ('topic', 'tf')
@@ -491,10 +566,16 @@ POSE_SOURCES = ('topic', 'tf')
 class PoseInputConfig:
     """Where the end-effector pose comes from."""
 
-    # 'topic': PoseStamped on topics.pose; 'tf' (rclpy only): tf_base_frame -> tf_ee_frame.
-    source: str = 'topic'
-    tf_base_frame: str = 'base_link'
-    tf_ee_frame: str = 'tool0'
+    source: str = param(
+        "'topic': PoseStamped on topics.poses; 'tf' (rclpy only, one arm): look up "
+        'pose_input.tf_base_frame -> tf_ee_frame at every control tick.',
+        default='topic')
+    tf_base_frame: str = param(
+        'pose_input.source tf: the frame the end-effector pose is expressed in.',
+        default='base_link')
+    tf_ee_frame: str = param(
+        'pose_input.source tf: the end-effector frame.',
+        default='tool0')
 
     def __post_init__(self):
         if self.source not in POSE_SOURCES:
@@ -509,12 +590,24 @@ class PoseInputConfig:
 class QosConfig:
     """QoS per input/output. Images default to sensor-data (best effort, keep last 5)."""
 
-    image_reliability: str = 'best_effort'
-    image_depth: int = 5
-    pose_reliability: str = 'reliable'
-    pose_depth: int = 10
-    output_reliability: str = 'reliable'
-    output_depth: int = 10
+    image_reliability: str = param(
+        "Image subscriptions: 'best_effort' (sensor data) or 'reliable'.",
+        default='best_effort')
+    image_depth: int = param(
+        'Image subscriptions: keep-last depth.',
+        default=5)
+    pose_reliability: str = param(
+        "Pose and joint-state subscriptions: 'best_effort' or 'reliable'.",
+        default='reliable')
+    pose_depth: int = param(
+        'Pose and joint-state subscriptions: keep-last depth.',
+        default=10)
+    output_reliability: str = param(
+        "Output publishers: 'best_effort' or 'reliable'.",
+        default='reliable')
+    output_depth: int = param(
+        'Output publishers: keep-last depth.',
+        default=10)
 
     def __post_init__(self):
         for name in ('image_reliability', 'pose_reliability', 'output_reliability'):
@@ -529,20 +622,28 @@ class QosConfig:
 class SyncConfig:
     """Pairing images with poses, and the staleness checks."""
 
-    # Seconds of pose history kept for interpolation.
-    pose_history: float = 2.0
-    # Max distance (s) from the image stamp to the nearest pose sample used to interpolate it.
-    max_pose_skew: float = 0.05
-    # Max spread (s) of image stamps grouped into one multi-camera observation.
-    camera_tolerance: float = 0.02
-    # An observation older than this (s, by the node clock) is never acted on.
-    max_observation_age: float = 0.5
-    # Stamps further than this (s) in the future of the node clock are rejected.
-    max_future: float = 0.1
-    # Expected pose frame_id; empty = accept any.
-    pose_frame_id: str = ''
-    # Quaternions whose norm is off by more than this are rejected (else renormalized).
-    quaternion_tolerance: float = 0.05
+    pose_history: float = param(
+        'Seconds of pose and joint-state history kept for interpolation.',
+        default=2.0)
+    max_pose_skew: float = param(
+        'Max distance (s) from the image stamp to the nearest sample of every pose and of the '
+        'joint states.',
+        default=0.05)
+    camera_tolerance: float = param(
+        'Max spread (s) of image stamps grouped into one multi-camera observation.',
+        default=0.02)
+    max_observation_age: float = param(
+        'An observation older than this (s, node clock) is never acted on.',
+        default=0.5)
+    max_future: float = param(
+        'Stamps further than this (s) in the future of the node clock are rejected.',
+        default=0.1)
+    pose_frame_id: str = param(
+        'Expected pose frame_id; empty = accept any.',
+        default='')
+    quaternion_tolerance: float = param(
+        'Quaternions whose norm is off by more than this are rejected (else renormalized).',
+        default=0.05)
 
     def __post_init__(self):
         for name in ('pose_history', 'max_pose_skew', 'camera_tolerance', 'max_observation_age'):
@@ -556,12 +657,16 @@ class SyncConfig:
 class ControlConfig:
     """The control-rate action output."""
 
-    control_rate_hz: float = 50.0
-    # ACT temporal ensembling: weight exp(-coeff * i) for the i-th oldest chunk; 0 = uniform;
-    # negative = newest chunk only.
-    ensemble_coeff: float = 0.01
-    # Late fusion only: re-run the pose part with the newest pose at every tick.
-    late_fusion_refresh: bool = True
+    control_rate_hz: float = param(
+        'Rate (Hz) of the action output.',
+        default=50.0)
+    ensemble_coeff: float = param(
+        'ACT temporal ensembling: weight exp(-coeff * i) for the i-th oldest chunk; 0 = uniform; '
+        'negative = newest chunk only.',
+        default=0.01)
+    late_fusion_refresh: bool = param(
+        'Late fusion only: re-run the pose part with the newest pose at every tick.',
+        default=True)
 
     def __post_init__(self):
         if not 0.1 <= self.control_rate_hz <= MAX_CONTROL_RATE_HZ:
@@ -576,17 +681,27 @@ class ControlConfig:
 class SafetyConfig:
     """Action limits, enforced in one place (core/safety.py). Empty lists = no limit."""
 
-    # Per-dimension clamp, one value per action name.
-    action_min: list[float] = field(default_factory=list)
-    action_max: list[float] = field(default_factory=list)
-    # Max change of each dimension between two consecutive published actions.
-    max_step: list[float] = field(default_factory=list)
-    # Absolute-target actions only: workspace box for the dimensions named in workspace_dims.
-    workspace_dims: list[str] = field(default_factory=list)
-    workspace_min: list[float] = field(default_factory=list)
-    workspace_max: list[float] = field(default_factory=list)
-    # Inference slower than this (s) counts as a stall: actions stop until it recovers.
-    max_inference_time: float = 1.0
+    action_min: list[float] = param(
+        'Per-dimension lower clamp, one value per action name; empty = none.',
+        factory=list)
+    action_max: list[float] = param(
+        'Per-dimension upper clamp, one value per action name; empty = none.',
+        factory=list)
+    max_step: list[float] = param(
+        'Max change of each dimension between two consecutive actions; empty = none.',
+        factory=list)
+    workspace_dims: list[str] = param(
+        'Absolute-target actions only: the action names the workspace box applies to.',
+        factory=list)
+    workspace_min: list[float] = param(
+        'Workspace box lower bounds, one per workspace_dims entry.',
+        factory=list)
+    workspace_max: list[float] = param(
+        'Workspace box upper bounds, one per workspace_dims entry.',
+        factory=list)
+    max_inference_time: float = param(
+        'Inference slower than this (s) counts as a stall: actions stop until it recovers.',
+        default=1.0)
 
     def __post_init__(self):
         if len(self.action_min) != len(self.action_max):
@@ -613,18 +728,24 @@ class NodeConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
-    # Seconds between /diagnostics messages.
-    diagnostics_period: float = 1.0
-    # Minimum seconds between two log lines of the same kind (drops, errors).
-    log_throttle: float = 5.0
-    # DDS driver only: DDS domain id (ROS_DOMAIN_ID); -1 = take ROS_DOMAIN_ID or 0.
-    domain_id: int = -1
+    diagnostics_period: float = param(
+        'Seconds between diagnostics messages.',
+        default=1.0)
+    log_throttle: float = param(
+        'Minimum seconds between two log lines of the same kind (drops, errors).',
+        default=5.0)
+    domain_id: int = param(
+        'DDS driver only: the DDS domain; -1 = ROS_DOMAIN_ID or 0 (rclpy uses ROS_DOMAIN_ID).',
+        default=-1)
 
     def __post_init__(self):
         if not 0.01 <= self.diagnostics_period <= MAX_PERIOD_S:
             raise ConfigError(f'diagnostics_period={self.diagnostics_period}: expected '
                               f'0.01..{MAX_PERIOD_S:g} s')
         _require_positive('log_throttle', self.log_throttle, MAX_PERIOD_S)
+        if self.pose_input.source == 'tf' and len(self.topics.poses) > 1:
+            raise ConfigError(f'pose_input.source tf reads one arm; topics.poses has '
+                              f'{len(self.topics.poses)}: use pose_input.source topic')
         if not -1 <= self.domain_id <= 232:
             raise ConfigError(f'domain_id={self.domain_id}: expected -1 (ROS_DOMAIN_ID or 0) '
                               'or 0..232')

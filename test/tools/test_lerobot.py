@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,32 +24,19 @@ from vit_perception.core.preprocess import Preprocessor
 from vit_perception.drivers import ros_types
 from vit_perception.errors import DatasetError
 from vit_perception.tools import cli, dataset, lerobot
-from vit_perception.tools.sim.record import BagWriter, record_episodes
+from vit_perception.tools.sim.record import BagWriter
 from vit_perception.tools.sim.scene import ACTION_NAMES
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/doubles.py (importlib mode)
+from doubles import TINY_POLICY as TINY  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {
-    'backbone': {'hidden_size': 16, 'num_layers': 1, 'num_heads': 2, 'mlp_ratio': 2,
-                 'patch_size': 8, 'image_size': 32},
-    'pose': {'num_tokens': 1},
-    'actions': {'horizon': 4, 'dt': 0.1},
-    'embedding': {'dim': 8},
-    'preprocess': {'size': [32, 32]},
-}
 # Video-codec tolerance of the round trip, in units of the normalized pixels the model sees
 # (mean 0.5, std 0.5: 1.0 = 127.5 levels of 8 bits). Measured on these 32 px sim frames with
 # LeRobot's default encoding (AV1 crf 30, yuv420p): mean |error| 0.020-0.023 (2.6-2.9 levels),
 # max 0.74-0.92 on single pixels at coloured edges (4:2:0 chroma subsampling).
 PIXEL_MEAN_TOLERANCE = 0.04
 PIXEL_P90_TOLERANCE = 0.12
-
-
-@pytest.fixture(scope='module')
-def bags(tmp_path_factory):
-    """Three short expert episodes at 32 px (seeds 0, 1, 2)."""
-    root = tmp_path_factory.mktemp('bags')
-    record_episodes(root / 'demos', 3, seed=0, image_size=32, max_steps=8)
-    return root / 'demos'
 
 
 @pytest.fixture(scope='module')
@@ -367,7 +355,8 @@ def test_lerobot_loads_the_export_and_trains_act_on_it(bags, exported, config, t
     frames = np.load(dump)
     from_bags = dataset.load_episodes(dataset.find_bags([bags]), config, NodeConfig(),
                                       progress=False)
-    state = np.concatenate([np.concatenate([e.position, e.quat], 1) for e in from_bags])
+    state = np.concatenate([np.concatenate([e.position[:, 0], e.quat[:, 0]], 1)  # one arm
+                            for e in from_bags])
     np.testing.assert_array_equal(frames['observation.state'], state)
     np.testing.assert_array_equal(frames['action'],
                                   np.concatenate([e.actions[:, 0] for e in from_bags]))
@@ -396,8 +385,8 @@ def test_our_reader_reads_a_dataset_lerobot_wrote(tmp_path):
     assert episodes[1].stamps.tolist() == [round(i * 1e9 / 15) for i in range(7)]
     assert episodes[0].action_names == ['vx', 'vy', 'grip']
     state = reference['observation.state']
-    np.testing.assert_array_equal(torch.cat([e.position for e in episodes]), state[:, :3])
-    np.testing.assert_array_equal(torch.cat([e.quat for e in episodes]), state[:, 3:7])
+    np.testing.assert_array_equal(torch.cat([e.position[:, 0] for e in episodes]), state[:, :3])
+    np.testing.assert_array_equal(torch.cat([e.quat[:, 0] for e in episodes]), state[:, 3:7])
     actions = reference['action'][5:]  # episode 1: [i, -i, 1]
     np.testing.assert_array_equal(episodes[1].actions[0], actions[:3])
     np.testing.assert_array_equal(episodes[1].actions[5, :2], actions[5:7])

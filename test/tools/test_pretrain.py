@@ -4,6 +4,7 @@ replays through the node core, determinism, exact resume, codebook usage, one-li
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,10 @@ from vit_perception.model.pretraining import (
 from vit_perception.tools import cli, pretrain
 from vit_perception.tools.sim.record import record_episodes
 
-TINY = {
-    'backbone': {'hidden_size': 16, 'num_layers': 2, 'num_heads': 2, 'mlp_ratio': 2,
-                 'patch_size': 8, 'image_size': 32},
-    'pose': {'num_tokens': 1},
-    'actions': {'horizon': 4, 'dt': 0.1},
-    'embedding': {'dim': 8},
-    'preprocess': {'size': [32, 32]},
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/doubles.py (importlib mode)
+from doubles import TINY_POLICY  # noqa: E402
+
+TINY = {**TINY_POLICY, 'backbone': {**TINY_POLICY['backbone'], 'num_layers': 2}}
 
 
 @pytest.fixture(scope='module')

@@ -41,7 +41,13 @@ from typing import Any
 import numpy as np
 
 from vit_perception import errors
-from vit_perception.config import NODE_NAME, NodeConfig, flatten, set_dotted
+from vit_perception.config import (
+    NODE_NAME,
+    NodeConfig,
+    flatten,
+    parameter_descriptions,
+    set_dotted,
+)
 from vit_perception.core.types import PoseSample, to_ns
 from vit_perception.drivers.outputs import MessageOutputs
 from vit_perception.drivers.routes import RouteInput, input_routes, received_values
@@ -67,69 +73,7 @@ except ImportError as err:  # the plain-Python parts below stay importable
 # Parameters: every NodeConfig field (dotted name), each with a description
 # ------------------------------------------------------------------------------------------
 
-DESCRIPTIONS = {
-    'engine.model': 'Checkpoint directory; empty = the small checkpoint shipped with the package.',
-    'engine.device': "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...",
-    'engine.dtype': "'auto' (bf16 where fast, else fp32), 'fp32', 'bf16' or 'fp16'.",
-    'engine.compile': 'torch.compile the forward pass (slower start, faster steady state).',
-    'engine.warmup_iters': 'Forward passes run at load time so the first message is not slow.',
-    'engine.backend': "'torch', 'openvino', 'onnxruntime' (pip extra runtimes) or 'auto' "
-                      '(time each installed one at warm-up, keep the lowest p99).',
-    'engine.cache_dir': 'ONNX graph cache directory; empty = $XDG_CACHE_HOME/vit_perception/onnx.',
-    'engine.threads': 'Intra-op threads of torch (process-wide) and the runtimes; 0 = each '
-                      "library's default (one per core).",
-    'topics.cameras': 'Image topics, one per camera, in the order of the checkpoint cameras.',
-    'topics.camera_transports': "Per camera: 'raw' (sensor_msgs/Image) or 'compressed' "
-                                '(sensor_msgs/CompressedImage, give the .../compressed topic).',
-    'topics.pose': 'End-effector pose input (geometry_msgs/PoseStamped); unused with '
-                   'pose_input.source tf.',
-    'topics.embedding': 'Output: vit_perception/Embedding, one per observation.',
-    'topics.action_chunk': 'Output: vit_perception/ActionChunk, one per observation.',
-    'topics.action': 'Output: vit_perception/ActionChunk with horizon 1, every control tick.',
-    'topics.diagnostics': 'Output: diagnostic_msgs/DiagnosticArray, every diagnostics_period.',
-    'topics.twist': 'Optional output: each action as geometry_msgs/TwistStamped (dx dy dz drx '
-                    'dry drz divided by the chunk dt, missing ones 0); empty = off.',
-    'pose_input.source': "'topic': PoseStamped on topics.pose; 'tf': look up "
-                         'pose_input.tf_base_frame -> tf_ee_frame at every control tick.',
-    'pose_input.tf_base_frame': 'pose_input.source tf: the frame the end-effector pose is '
-                                'expressed in.',
-    'pose_input.tf_ee_frame': 'pose_input.source tf: the end-effector frame.',
-    'qos.image_reliability': "Image subscriptions: 'best_effort' (sensor data) or 'reliable'.",
-    'qos.image_depth': 'Image subscriptions: keep-last depth.',
-    'qos.pose_reliability': "Pose subscription: 'best_effort' or 'reliable'.",
-    'qos.pose_depth': 'Pose subscription: keep-last depth.',
-    'qos.output_reliability': "Output publishers: 'best_effort' or 'reliable'.",
-    'qos.output_depth': 'Output publishers: keep-last depth.',
-    'sync.pose_history': 'Seconds of pose history kept for interpolation.',
-    'sync.max_pose_skew': 'Max distance (s) from the image stamp to the nearest pose sample.',
-    'sync.camera_tolerance': 'Max spread (s) of image stamps grouped into one multi-camera '
-                             'observation.',
-    'sync.max_observation_age': 'An observation older than this (s, node clock) is never acted '
-                                'on.',
-    'sync.max_future': 'Stamps further than this (s) in the future of the node clock are '
-                       'rejected.',
-    'sync.pose_frame_id': 'Expected pose frame_id; empty = accept any.',
-    'sync.quaternion_tolerance': 'Quaternions whose norm is off by more than this are rejected '
-                                 '(else renormalized).',
-    'control.control_rate_hz': 'Rate (Hz) of the action output.',
-    'control.ensemble_coeff': 'ACT temporal ensembling: weight exp(-coeff * i) for the i-th '
-                              'oldest chunk; 0 = uniform; negative = newest chunk only.',
-    'control.late_fusion_refresh': 'Late fusion only: re-run the pose part with the newest pose '
-                                   'at every tick.',
-    'safety.action_min': 'Per-dimension lower clamp, one value per action name; empty = none.',
-    'safety.action_max': 'Per-dimension upper clamp, one value per action name; empty = none.',
-    'safety.max_step': 'Max change of each dimension between two consecutive actions; empty = '
-                       'none.',
-    'safety.workspace_dims': 'Absolute-target actions only: the action names the workspace box '
-                             'applies to.',
-    'safety.workspace_min': 'Workspace box lower bounds, one per workspace_dims entry.',
-    'safety.workspace_max': 'Workspace box upper bounds, one per workspace_dims entry.',
-    'safety.max_inference_time': 'Inference slower than this (s) counts as a stall: actions stop '
-                                 'until it recovers.',
-    'diagnostics_period': 'Seconds between diagnostics messages.',
-    'log_throttle': 'Minimum seconds between two log lines of the same kind (drops, errors).',
-    'domain_id': 'DDS driver only; ignored here (rclpy uses ROS_DOMAIN_ID).',
-}
+DESCRIPTIONS = parameter_descriptions()  # written once, with the fields (config.py)
 
 TWIST_NAMES = ('dx', 'dy', 'dz', 'drx', 'dry', 'drz')  # -> linear xyz, angular xyz
 
@@ -317,7 +261,8 @@ class _Wiring:
                 make_publisher, config, engine, self.now_ns, node_name=self.node.get_name(),
                 logger=_RosLogger(self.node), extra_values=self._driver_values)
             self.core = PerceptionCore(config, engine, self.outputs, clock=self.now_ns)
-            self._inputs = [RouteInput(route, self.core) for route in input_routes(config)]
+            self._inputs = [RouteInput(route, self.core)
+                            for route in input_routes(config, self.core.proprio_names)]
         except Exception:  # publishers made so far go before the error is reported
             self.cleanup()
             raise
@@ -350,7 +295,7 @@ class _Wiring:
     def _subscribe(self, config: NodeConfig) -> None:
         """One serialized subscription per input route (CDR bytes, decoded by the route), or
         the TF listener with pose_input.source tf."""
-        for index, route in enumerate(input_routes(config)):
+        for index, route in enumerate(i.route for i in self._inputs):
             self._subscriptions.append(self.node.create_subscription(
                 ros_message_class(route.msgtype), route.topic,
                 functools.partial(self._on_input, self._generation, index),

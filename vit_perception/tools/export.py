@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help='replace OUT.onnx (and OUT.refresh.onnx) when they exist')
     lerobot = parser.add_argument_group('--to-lerobot options')
     lerobot.add_argument('--node-config', default=None,
-                         help='node YAML (topics.cameras, topics.pose, sync) used to build the '
+                         help='node YAML (topics.cameras, topics.poses, sync) used to build the '
                          'observations, as training does (default: the node defaults)')
     lerobot.add_argument('--action-topic', default='/expert/action',
                          help='ActionChunk topic holding the recorded actions')
