@@ -21,7 +21,7 @@ from cyclonedds.topic import Topic
 
 from vit_perception.core.node import DiagnosticsReport
 from vit_perception.core.types import ActionChunkResult
-from vit_perception.drivers import dds
+from vit_perception.drivers import dds, ros_graph
 from vit_perception.drivers import ros_types as rt
 from vit_perception.errors import ConfigError
 
@@ -96,26 +96,32 @@ def test_ros_discovery_environment_becomes_cyclone_config_like_rmw_cyclonedds():
         dds.ros_discovery_config({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LAN'})
 
 
-def test_announced_node_lists_its_endpoint_gids(transport, domain):
-    pub = transport.publisher('/t/out', rt.POSE_STAMPED)
-    transport.announce_node('vit_perception', '/arm')
-    sub = transport.subscribe('/t/in', rt.POSE_STAMPED, dds.DEFAULT, lambda msg: None)
+def read_discovery_info(domain: int, size: int) -> list:
+    """A ros_discovery_info reader on `domain` for Gids of `size` bytes; returns a take()."""
     participant = DomainParticipant(domain)
-    topic = Topic(participant, 'ros_discovery_info',
-                  dds.cdr_type(rt.PARTICIPANT_ENTITIES_INFO))
+    topic = Topic(participant, ros_graph.DISCOVERY_TOPIC, dds.cdr_type(
+        ros_graph.PARTICIPANT_ENTITIES_INFO, ros_graph.typestore(size)))
     reader = DataReader(participant, topic, qos=Qos(
         Policy.Reliability.Reliable(0), Policy.Durability.TransientLocal,
         Policy.History.KeepLast(1), Policy.DataRepresentation(use_cdrv0_representation=True)))
-    samples = []
-    assert dt.wait_until(lambda: samples.extend(reader.take(N=10)) or any(
-        len(rt.deserialize(s.cdr, rt.PARTICIPANT_ENTITIES_INFO).node_entities_info_seq[0]
-            .reader_gid_seq) == 1 for s in samples), timeout=20)
-    info = rt.deserialize(samples[-1].cdr, rt.PARTICIPANT_ENTITIES_INFO)
-    node = info.node_entities_info_seq[0]
-    assert (node.node_namespace, node.node_name) == ('/arm', 'vit_perception')
-    assert [bytes(g.data) for g in node.writer_gid_seq] == [pub.guid]
-    assert [bytes(g.data) for g in node.reader_gid_seq] == [sub.guid]
-    assert len(bytes(info.gid.data)) == rt.gid_size() == 16  # Jazzy (24 with ROS_DISTRO=humble)
+    return lambda: [ros_graph.decode(s.cdr, size) for s in reader.take(N=10)]
+
+
+@pytest.mark.parametrize('distro, size', [('jazzy', 16), ('humble', 24)])
+def test_announced_node_lists_its_endpoint_gids(domain, distro, size):
+    with dds.DdsTransport(domain, ros_distro=distro) as transport:
+        pub = transport.publisher('/t/out', rt.POSE_STAMPED)
+        transport.announce_node('vit_perception', '/arm')
+        sub = transport.subscribe('/t/in', rt.POSE_STAMPED, dds.DEFAULT, lambda msg: None)
+        take, infos = read_discovery_info(domain, size), []
+        assert dt.wait_until(lambda: infos.extend(take()) or any(
+            len(i.node_entities_info_seq[0].reader_gid_seq) == 1 for i in infos), timeout=20)
+        node = infos[-1].node_entities_info_seq[0]
+        assert (node.node_namespace, node.node_name) == ('/arm', 'vit_perception')
+        padding = bytes(size - 16)  # Humble's rmws zero-pad the 16-byte GUID
+        assert [bytes(g.data) for g in node.writer_gid_seq] == [pub.guid + padding]
+        assert [bytes(g.data) for g in node.reader_gid_seq] == [sub.guid + padding]
+        assert bytes(infos[-1].gid.data) == transport._participant.guid.bytes + padding
 
 
 def test_qos_profiles():
