@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsPublication
-from cyclonedds.core import Policy, Qos
-from cyclonedds.domain import DomainParticipant
+from cyclonedds.core import DDSException, Policy, Qos
+from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 
@@ -122,6 +122,34 @@ def test_announced_node_lists_its_endpoint_gids(domain, distro, size):
         assert [bytes(g.data) for g in node.writer_gid_seq] == [pub.guid + padding]
         assert [bytes(g.data) for g in node.reader_gid_seq] == [sub.guid + padding]
         assert bytes(infos[-1].gid.data) == transport._participant.guid.bytes + padding
+
+
+def test_receive_buffer_setting_is_a_cyclone_config_it_accepts(monkeypatch):
+    domain = dt.unique_domain()
+    config = ','.join([dt.LOOPBACK_URI, dds.receive_buffer_config(2 << 20)])
+    assert 'SocketReceiveBufferSize max="2097152B"' in config
+    with pytest.raises(DDSException):  # Cyclone rejects what it does not know
+        Domain(dt.unique_domain(), config.replace('SocketReceiveBufferSize', 'SocketBuffer'))
+    holder = Domain(domain, config)
+    participant = DomainParticipant(domain)
+    assert participant.guid.bytes and holder is not None
+
+
+def test_small_kernel_receive_buffer_cap_is_reported(tmp_path, monkeypatch, caplog):
+    cap = tmp_path / 'rmem_max'
+    monkeypatch.setattr(dds, 'RMEM_MAX_PATH', str(cap))
+    cap.write_text('212992\n')
+    assert dds.kernel_receive_buffer_max() == 212992
+    with caplog.at_level('WARNING', logger=dds.__name__):
+        dds._warn_small_receive_buffers()
+    assert len(caplog.records) == 1
+    assert 'net.core.rmem_max is 212992 bytes' in caplog.text and 'sysctl -w' in caplog.text
+    caplog.clear()
+    cap.write_text('4194304\n')
+    dds._warn_small_receive_buffers()
+    assert not caplog.records
+    cap.unlink()
+    assert dds.kernel_receive_buffer_max() is None
 
 
 def test_qos_profiles():

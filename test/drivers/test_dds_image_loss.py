@@ -101,3 +101,20 @@ def test_fast_dds_directions_reliable_count_every_frame(pub, sub):
     result = image_loss.measure_direction(pub, sub, reliable, RosEnvironment.find(), frames=12,
                                           rate=60.0, size='64x48')
     assert (result['sent'], result['received'], result['wrong_size']) == (12, 12, 0)
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--image-loss-settings', 'default,bogus'], 'expected names from default,stock_kernel'),
+    (['--backend', 'dds'], 'goes with --live alone'),
+    (['--duration', '0'], 'must be > 0')])
+def test_bench_image_loss_flags_fail_in_one_line(argv, words):
+    import argparse
+
+    from vit_perception.errors import ConfigError
+    from vit_perception.tools import bench, live_bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(['--live', '--image-loss', *argv])
+    with pytest.raises(ConfigError, match=words):
+        live_bench.run(args)
