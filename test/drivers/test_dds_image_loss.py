@@ -44,13 +44,15 @@ def test_frame_index_round_trips_through_the_image_header_stamp():
 
 
 def test_table_has_a_cell_per_direction_and_setting():
-    runs = [{'publisher': p, 'subscriber': s, 'setting': name, 'sent': 10, 'received': 10 - i}
+    runs = [{'publisher': p, 'subscriber': s, 'setting': name, 'sent': 10, 'received': 10 - i,
+             'matched': i != 1 or name == 'default'}
             for name in ('default', 'reliable') for i, (p, s) in enumerate(image_loss.DIRECTIONS)]
     table = image_loss.format_table({'frames': 10, 'image': '64x48', 'rmem_max': 4194304,
                                      'cpus': 2, 'load_avg': [1.0, 1.0, 1.0], 'runs': runs})
     lines = table.splitlines()
     assert lines[1] == '| publisher -> subscriber | default | reliable |'
     assert lines[3] == '| Fast DDS (rclpy) -> Fast DDS (rclpy) | 10 of 10 | 10 of 10 |'
+    assert lines[4] == '| Fast DDS (rclpy) -> Cyclone (DDS driver) | 9 of 10 | no match |'
     assert lines[6] == '| Cyclone (DDS driver) -> Cyclone (DDS driver) | 7 of 10 | 7 of 10 |'
 
 

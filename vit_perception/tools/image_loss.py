@@ -8,8 +8,10 @@ Every direction (Fast DDS -> Fast DDS, Fast DDS -> Cyclone, Cyclone -> Fast DDS,
 Cyclone) runs under every setting, on 127.0.0.1 as `bench --live` does, one run each:
 
     default       best effort, each vendor's defaults (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)
-    stock_kernel  receive buffers capped at 212992 bytes, Linux's default net.core.rmem_max
-                  (this machine allows more): Cyclone and Fast DDS UDP at what a stock kernel gives
+    stock_kernel  Cyclone ends get what a stock kernel gives them: 212992 bytes, Linux's default
+                  net.core.rmem_max (this machine allows more); Fast DDS ends keep their default
+                  (a profile's UDP transport would be added beside rmw_fastrtps' own under
+                  LOCALHOST, not replace it)
     rcvbuf        socket receive buffers of net.core.rmem_max: Cyclone's Internal/
                   SocketReceiveBufferSize, a Fast DDS XML profile's UDPv4 receiveBufferSize
     shm_segment   a Fast DDS XML profile with 16 MiB shared-memory segments (default 512 KiB)
@@ -106,8 +108,7 @@ def settings(buffer_bytes: int) -> list[Setting]:
     """The table's columns; a raised socket receive buffer is `buffer_bytes` (rmem_max)."""
     return [
         Setting('default'),
-        Setting('stock_kernel', cyclone_xml=dds.receive_buffer_config(STOCK_RMEM_MAX),
-                fastdds_xml=fastdds_profile(udp_buffer=STOCK_RMEM_MAX)),
+        Setting('stock_kernel', cyclone_xml=dds.receive_buffer_config(STOCK_RMEM_MAX)),
         Setting('rcvbuf', cyclone_xml=dds.receive_buffer_config(buffer_bytes),
                 fastdds_xml=fastdds_profile(udp_buffer=buffer_bytes)),
         Setting('shm_segment', fastdds_xml=fastdds_profile(shm_segment=SHM_SEGMENT_BYTES)),
@@ -240,6 +241,7 @@ def format_table(result: dict) -> str:
         for name in names:
             run_ = next((r for r in result['runs'] if (r['publisher'], r['subscriber'],
                                                         r['setting']) == (pub, sub, name)), None)
-            cells.append('n/a' if run_ is None else f"{run_['received']} of {run_['sent']}")
+            cells.append('n/a' if run_ is None else f"{run_['received']} of {run_['sent']}"
+                         if run_['matched'] else 'no match')
         lines.append(f'| {label[pub]} -> {label[sub]} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
