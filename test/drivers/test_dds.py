@@ -124,7 +124,20 @@ def test_announced_node_lists_its_endpoint_gids(domain, distro, size):
         assert bytes(infos[-1].gid.data) == transport._participant.guid.bytes + padding
 
 
-def test_receive_buffer_setting_is_a_cyclone_config_it_accepts(monkeypatch):
+def test_domain_config_asks_for_large_receive_buffers_and_lets_the_uri_override():
+    config = dds.domain_config('', {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'})
+    buffers, discovery = config.split(',')
+    assert buffers == dds.receive_buffer_config(4 << 20)
+    assert 'SocketReceiveBufferSize max="4194304B"' in buffers
+    assert '<Peer address="localhost"/>' in discovery
+    assert '<NetworkInterface address="127.0.0.1"/>' in discovery  # no URI to choose one
+    with_uri = dds.domain_config(dt.LOOPBACK_URI, {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'})
+    assert with_uri.endswith(',' + dt.LOOPBACK_URI)  # last: it overrides
+    assert '<NetworkInterface address="127.0.0.1"/>' not in with_uri.split(',')[1]
+    assert dds.domain_config('', {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SYSTEM_DEFAULT'}) == buffers
+
+
+def test_receive_buffer_setting_is_a_cyclone_config_it_accepts():
     domain = dt.unique_domain()
     config = ','.join([dt.LOOPBACK_URI, dds.receive_buffer_config(2 << 20)])
     assert 'SocketReceiveBufferSize max="2097152B"' in config

@@ -47,6 +47,7 @@ from vit_perception.tools.harness import (
     loopback_env,
     pick_domain,
 )
+from vit_perception.tools.live_bench import last_json_line
 
 PEER_SCRIPT = Path(image_peer.__file__).resolve()
 VENDORS = ('fastdds', 'cyclone')  # publisher/subscriber kinds; fastdds runs through rclpy
@@ -163,7 +164,7 @@ def measure_direction(pub: str, sub: str, setting: Setting, ros_env: RosEnvironm
                 peer_command('sub', sub, setting, ros_env, **common), cwd=tmp,
                 env=peer_env(sub, setting, ros_env, domain, profiles), text=True,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            ready = _json_line(subscriber.stdout.readline())
+            ready = last_json_line(subscriber.stdout.readline())
             if ready.get('event') != 'ready':
                 raise RuntimeError(f'{sub} subscriber did not start:\n'
                                    f'{subscriber.stderr.read()[-2000:]}')
@@ -177,7 +178,7 @@ def measure_direction(pub: str, sub: str, setting: Setting, ros_env: RosEnvironm
         finally:
             kill_child(publisher)
             kill_child(subscriber)
-    sent, received = _json_line(pub_out), _json_line(sub_out)
+    sent, received = last_json_line(pub_out), last_json_line(sub_out)
     if sent.get('event') != 'done' or received.get('event') != 'done':
         raise RuntimeError(f'{pub} -> {sub} ({setting.name}): a peer failed:\n'
                            f'publisher: {pub_err[-1500:]}\nsubscriber: {sub_err[-1500:]}')
@@ -194,15 +195,6 @@ def count_frames(sent: dict, received: dict) -> dict:
             'received': len(indices & sent_indices),
             'duplicates': received['complete'] - len(indices),
             'not_sent': len(indices - sent_indices), 'wrong_size': received['wrong_size']}
-
-
-def _json_line(text: str) -> dict:
-    for line in reversed((text or '').strip().splitlines()):
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            continue
-    return {}
 
 
 def run(args, progress=lambda text: None) -> int:

@@ -424,7 +424,7 @@ def _measure(mode, duration, rate, model, size, fusion, device, dtype, width, he
             kill_child(publisher)
             node.kill()
         stderr = node.stderr()
-    sent = _last_json(pub_out)
+    sent = last_json_line(pub_out)
     report = {
         'mode': mode,
         'model': model_name,
@@ -511,8 +511,8 @@ def measure_with_peer(backend: str, *, ros_env: RosEnvironment, duration: float 
             kill_child(peer)
             node.kill()
         stderr = node.stderr()
-    result = _last_json(out)
-    if not _last_json(first).get('matched') or result.get('event') != 'done':
+    result = last_json_line(out)
+    if not last_json_line(first).get('matched') or result.get('event') != 'done':
         raise RuntimeError(f'{backend}: the rclpy peer and the node did not match:\n'
                            f'{(err or "")[-2000:]}\nnode:\n{stderr[-2000:]}')
     report = summarize_peer(result, rate)
@@ -679,7 +679,8 @@ def _float(text) -> float | None:
         return None
 
 
-def _last_json(text: str) -> dict:
+def last_json_line(text: str) -> dict:
+    """The last line of `text` that parses as JSON ({} if none): a child process's report."""
     for line in reversed((text or '').strip().splitlines()):
         try:
             return json.loads(line)
