@@ -83,6 +83,8 @@ def test_shipped_fast_dds_profile_is_the_measured_one():
         'udp_large_buffers', 'shm_large_segment']
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_cyclone_to_cyclone_reliable_run_counts_every_frame():
     reliable = next(s for s in image_loss.settings(1 << 22) if s.name == 'reliable')
     result = image_loss.measure_direction('cyclone', 'cyclone', reliable, None, frames=12,
@@ -92,6 +94,8 @@ def test_cyclone_to_cyclone_reliable_run_counts_every_frame():
             result['wrong_size']) == (12, 0, 0, 0)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.skipif(importlib.util.find_spec('rclpy') is None,
                     reason='rclpy not importable (runs under scripts/check_ros_jazzy.sh)')
 @pytest.mark.parametrize('pub, sub', [('fastdds', 'cyclone'), ('cyclone', 'fastdds'),

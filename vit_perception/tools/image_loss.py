@@ -1,4 +1,4 @@
-"""`vit-perception bench --image-loss`: large best-effort images across DDS vendors, and fixes.
+"""`vit-perception bench --live --image-loss`: large best-effort images across DDS vendors.
 
 Two processes per run, as on a robot: a camera publisher and a subscriber (tools/image_peer.py),
 each either Fast DDS (rclpy with its default RMW, from the Jazzy wheels: `--ros-env`) or Cyclone
@@ -7,7 +7,8 @@ N 640x480 rgb8 frames at 30 Hz; the subscriber counts the distinct frames that a
 Every direction (Fast DDS -> Fast DDS, Fast DDS -> Cyclone, Cyclone -> Fast DDS, Cyclone ->
 Cyclone) runs under every setting, on 127.0.0.1 as `bench --live` does, one run each:
 
-    default       best effort, each vendor's defaults (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)
+    default       best effort, each vendor's defaults (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST);
+                  this DDS driver's include 4 MiB receive buffers (dds.RECEIVE_BUFFER_BYTES)
     stock_kernel  Cyclone ends get what a stock kernel gives them: 212992 bytes, Linux's default
                   net.core.rmem_max (this machine allows more); Fast DDS ends keep their default
                   (a profile's UDP transport would be added beside rmw_fastrtps' own under
@@ -198,7 +199,7 @@ def count_frames(sent: dict, received: dict) -> dict:
 
 
 def run(args, progress=lambda text: None) -> int:
-    """`bench --image-loss`: every direction under every setting; prints the table."""
+    """`bench --live --image-loss`: every direction under every setting; prints the table."""
     ros_env = RosEnvironment.find(args.ros_env)
     buffer_bytes = dds.kernel_receive_buffer_max() or 4 << 20
     frames = max(1, round(args.duration * 30.0))

@@ -1,4 +1,4 @@
-"""One end of `vit-perception bench --image-loss`: publish or count sensor_msgs/Image frames.
+"""One end of `vit-perception bench --live --image-loss`: publish or count Image frames.
 
     python image_peer.py pub --vendor rclpy|cyclone --topic T --qos Q --size WxH --frames N
     python image_peer.py sub --vendor rclpy|cyclone --topic T --qos Q --size WxH

@@ -11,6 +11,8 @@ this process, which records the node's outputs with their receive times:
     node-side figures             = /diagnostics (timer lateness, stage latencies, drops)
     memory                        = node RSS sampled every few seconds (psutil)
 
+`--live --image-loss` is tools/image_loss.py (transport only, no model).
+
 Statistics cover a window that starts after a warm-up (first chunk + a few seconds). Cyclone
 runs on the loopback interface only. The helpers here (NodeProcess, OutputRecorder, ...) are
 also what the process-level reliability tests use.
