@@ -159,9 +159,9 @@ def ros_discovery_config(env=None, bind_loopback: bool = True) -> str:
 # Socket receive buffers and large best-effort messages (README "Large best-effort images across
 # DDS vendors", `vit-perception bench --live --image-loss`): a 640x480 rgb8 image is ~900 kB of
 # UDP datagrams in a burst. The kernel caps receive buffers at net.core.rmem_max (Linux's
-# default: 212992 bytes); at that size Cyclone readers lost 38-50 % of such frames here. Cyclone
-# asks for 1 MiB by default; with that, readers lost up to 14 of 600 frames in 3 of 7 runs under
-# load, with 4 MiB none in 4: the driver asks for 4 MiB and takes what the kernel grants.
+# default: 212992 bytes); at that size Cyclone readers lost 39-63 % of such frames here. Cyclone
+# asks for 1 MiB by default; with that, readers lost 5-14 of 600 frames in 3 of 7 runs under
+# load, with 4 MiB none in 9: the driver asks for 4 MiB and takes what the kernel grants.
 RMEM_MAX_PATH = '/proc/sys/net/core/rmem_max'
 RECEIVE_BUFFER_BYTES = 4 << 20  # requested per socket (CYCLONEDDS_URI may override)
 LARGE_MESSAGE_RECEIVE_BUFFER = 1 << 20  # below this, large best-effort messages get lost
@@ -188,7 +188,7 @@ def _warn_small_receive_buffers() -> None:
     cap = kernel_receive_buffer_max()
     if cap is not None and cap < LARGE_MESSAGE_RECEIVE_BUFFER:
         _log.warning('net.core.rmem_max is %d bytes: best-effort images will be lost (readers '
-                     'lost 38-50%% of 640x480 frames at 212992); raise it: sudo sysctl -w '
+                     'lost 39-63%% of 640x480 frames at 212992); raise it: sudo sysctl -w '
                      'net.core.rmem_max=4194304', cap)
 
 

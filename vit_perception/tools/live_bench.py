@@ -265,8 +265,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     live.add_argument('--image-loss', action='store_true',
                       help='--live: best-effort image loss between Fast DDS (rclpy, --ros-env) '
                       'and Cyclone (this DDS driver) in every direction, under each setting '
-                      '(default, rcvbuf, large_data, fragment, reliable); no model, --duration '
-                      'seconds of 30 Hz --image frames per run (default 20)')
+                      '(see tools/image_loss.py); no model, --duration seconds of 30 Hz --image '
+                      'frames per run (default 20)')
     live.add_argument('--image-loss-settings', default='', metavar='NAMES',
                       help='--image-loss: comma-separated settings to run (default all)')
     live.add_argument('--ros-env', default=None, metavar='DIR',
