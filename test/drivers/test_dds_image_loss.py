@@ -88,7 +88,7 @@ def test_shipped_fast_dds_profile_is_the_measured_one():
 def test_cyclone_to_cyclone_reliable_run_counts_every_frame():
     reliable = next(s for s in image_loss.settings(1 << 22) if s.name == 'reliable')
     result = image_loss.measure_direction('cyclone', 'cyclone', reliable, None, frames=12,
-                                          rate=60.0, size='64x48')
+                                          rate=60.0, size='64x48', depth=12)  # none replaced
     assert result['matched'] and result['sent'] == 12
     assert (result['received'], result['duplicates'], result['not_sent'],
             result['wrong_size']) == (12, 0, 0, 0)
@@ -105,7 +105,7 @@ def test_fast_dds_directions_reliable_count_every_frame(pub, sub):
 
     reliable = next(s for s in image_loss.settings(1 << 22) if s.name == 'reliable')
     result = image_loss.measure_direction(pub, sub, reliable, RosEnvironment.find(), frames=12,
-                                          rate=60.0, size='64x48')
+                                          rate=60.0, size='64x48', depth=12)
     assert (result['sent'], result['received'], result['wrong_size']) == (12, 12, 0)
 
 

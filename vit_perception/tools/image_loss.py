@@ -140,25 +140,26 @@ def peer_env(vendor: str, setting: Setting, ros_env: RosEnvironment | None, doma
 
 
 def peer_command(role: str, vendor: str, setting: Setting, ros_env: RosEnvironment | None,
-                 *, topic: str, size: str, frames: int, rate: float) -> list[str]:
+                 *, topic: str, size: str, frames: int, rate: float, depth: int) -> list[str]:
     python = ros_env.python if vendor == 'fastdds' else sys.executable
     argv = [python, str(PEER_SCRIPT), role, '--vendor',
             'rclpy' if vendor == 'fastdds' else 'cyclone', '--topic', topic, '--qos',
-            setting.qos, '--size', size]
+            setting.qos, '--size', size, '--depth', str(depth)]
     if role == 'pub':
         argv += ['--frames', str(frames), '--rate', f'{rate:g}']
     return argv
 
 
 def measure_direction(pub: str, sub: str, setting: Setting, ros_env: RosEnvironment | None, *,
-                      frames: int, rate: float = 30.0, size: str = '640x480',
+                      frames: int, rate: float = 30.0, size: str = '640x480', depth: int = 5,
                       timeout: float = 120.0) -> dict:
-    """One run: `pub` sends `frames` frames to `sub` under `setting`; counts what arrived."""
+    """One run: `pub` sends `frames` frames to `sub` under `setting` (keep-last `depth` on both
+    ends: 5, rclpy's sensor-data depth); counts what arrived."""
     domain = pick_domain()
     topic = f'/image_loss/d{domain}/image_raw'
     with tempfile.TemporaryDirectory(prefix='vit_perception_loss_') as tmp:
         profiles = Path(tmp)
-        common = {'topic': topic, 'size': size, 'frames': frames, 'rate': rate}
+        common = {'topic': topic, 'size': size, 'frames': frames, 'rate': rate, 'depth': depth}
         subscriber = publisher = None
         try:
             subscriber = subprocess.Popen(
