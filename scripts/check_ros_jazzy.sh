@@ -14,7 +14,8 @@
 #      editing those .cmake files inside the venv (nothing is written outside the temp folder);
 #   3. runs plain `cmake` on CMakeLists.txt (rosidl generates vit_perception.msg), builds and
 #      installs the package into the temp folder;
-#   4. runs test/drivers/test_ros_node.py and test/drivers/test_launch.py against that install
+#   4. runs test/drivers/test_ros_node.py, test_launch.py, test_dds_rclpy.py and
+#      test_dds_image_loss.py (the DDS driver against rclpy/Fast DDS) against that install
 #      (launch, launch_ros, launch_testing and tf2_ros have no PyPI wheels: the launch test and
 #      the TF test skip, and the summary says so);
 #   5. starts the installed perception_node with the installed config/default.yaml as
@@ -300,6 +301,7 @@ step 'pytest (real rclpy)'
 set +e
 "$PY" -m pytest -q -rs -p no:cacheprovider \
   "$ROOT/test/drivers/test_ros_node.py" "$ROOT/test/drivers/test_launch.py" \
+  "$ROOT/test/drivers/test_dds_rclpy.py" "$ROOT/test/drivers/test_dds_image_loss.py" \
   >"$LOGS/pytest.log" 2>&1
 code=$?
 set -e

@@ -38,7 +38,8 @@ def native_types():
             _, fields = rt.typestore().fielddefs[msgtype]
             annotations = {}
             for name, desc in fields:
-                annotations[name] = build(desc[1]) if desc[0] == 2 else dds._idl_field(desc)
+                annotations[name] = (build(desc[1]) if desc[0] == 2
+                                     else dds._idl_field(desc, rt.typestore()))
             made[msgtype] = make_idl_struct(msgtype.split('/')[-1] + 'Native',
                                             dds.dds_type_name(msgtype), annotations)
         return made[msgtype]

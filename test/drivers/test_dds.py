@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsPublication
-from cyclonedds.core import Policy, Qos
-from cyclonedds.domain import DomainParticipant
+from cyclonedds.core import DDSException, Policy, Qos
+from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 
 from vit_perception.core.node import DiagnosticsReport
 from vit_perception.core.types import ActionChunkResult
-from vit_perception.drivers import dds
+from vit_perception.drivers import dds, ros_graph
 from vit_perception.drivers import ros_types as rt
 from vit_perception.errors import ConfigError
 
@@ -96,26 +96,73 @@ def test_ros_discovery_environment_becomes_cyclone_config_like_rmw_cyclonedds():
         dds.ros_discovery_config({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LAN'})
 
 
-def test_announced_node_lists_its_endpoint_gids(transport, domain):
-    pub = transport.publisher('/t/out', rt.POSE_STAMPED)
-    transport.announce_node('vit_perception', '/arm')
-    sub = transport.subscribe('/t/in', rt.POSE_STAMPED, dds.DEFAULT, lambda msg: None)
+def read_discovery_info(domain: int, size: int) -> list:
+    """A ros_discovery_info reader on `domain` for Gids of `size` bytes; returns a take()."""
     participant = DomainParticipant(domain)
-    topic = Topic(participant, 'ros_discovery_info',
-                  dds.cdr_type(rt.PARTICIPANT_ENTITIES_INFO))
+    topic = Topic(participant, ros_graph.DISCOVERY_TOPIC, dds.cdr_type(
+        ros_graph.PARTICIPANT_ENTITIES_INFO, ros_graph.typestore(size)))
     reader = DataReader(participant, topic, qos=Qos(
         Policy.Reliability.Reliable(0), Policy.Durability.TransientLocal,
         Policy.History.KeepLast(1), Policy.DataRepresentation(use_cdrv0_representation=True)))
-    samples = []
-    assert dt.wait_until(lambda: samples.extend(reader.take(N=10)) or any(
-        len(rt.deserialize(s.cdr, rt.PARTICIPANT_ENTITIES_INFO).node_entities_info_seq[0]
-            .reader_gid_seq) == 1 for s in samples), timeout=20)
-    info = rt.deserialize(samples[-1].cdr, rt.PARTICIPANT_ENTITIES_INFO)
-    node = info.node_entities_info_seq[0]
-    assert (node.node_namespace, node.node_name) == ('/arm', 'vit_perception')
-    assert [bytes(g.data) for g in node.writer_gid_seq] == [pub.guid]
-    assert [bytes(g.data) for g in node.reader_gid_seq] == [sub.guid]
-    assert len(bytes(info.gid.data)) == rt.gid_size() == 16  # Jazzy (24 with ROS_DISTRO=humble)
+    return lambda: [ros_graph.decode(s.cdr, size) for s in reader.take(N=10)]
+
+
+@pytest.mark.parametrize('distro, size', [('jazzy', 16), ('humble', 24)])
+def test_announced_node_lists_its_endpoint_gids(domain, distro, size):
+    with dds.DdsTransport(domain, ros_distro=distro) as transport:
+        pub = transport.publisher('/t/out', rt.POSE_STAMPED)
+        transport.announce_node('vit_perception', '/arm')
+        sub = transport.subscribe('/t/in', rt.POSE_STAMPED, dds.DEFAULT, lambda msg: None)
+        take, infos = read_discovery_info(domain, size), []
+        assert dt.wait_until(lambda: infos.extend(take()) or any(
+            len(i.node_entities_info_seq[0].reader_gid_seq) == 1 for i in infos), timeout=20)
+        node = infos[-1].node_entities_info_seq[0]
+        assert (node.node_namespace, node.node_name) == ('/arm', 'vit_perception')
+        padding = bytes(size - 16)  # Humble's rmws zero-pad the 16-byte GUID
+        assert [bytes(g.data) for g in node.writer_gid_seq] == [pub.guid + padding]
+        assert [bytes(g.data) for g in node.reader_gid_seq] == [sub.guid + padding]
+        assert bytes(infos[-1].gid.data) == transport._participant.guid.bytes + padding
+
+
+def test_domain_config_asks_for_large_receive_buffers_and_lets_the_uri_override():
+    config = dds.domain_config('', {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'})
+    buffers, discovery = config.split(',')
+    assert buffers == dds.receive_buffer_config(4 << 20)
+    assert 'SocketReceiveBufferSize max="4194304B"' in buffers
+    assert '<Peer address="localhost"/>' in discovery
+    assert '<NetworkInterface address="127.0.0.1"/>' in discovery  # no URI to choose one
+    with_uri = dds.domain_config(dt.LOOPBACK_URI, {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'})
+    assert with_uri.endswith(',' + dt.LOOPBACK_URI)  # last: it overrides
+    assert '<NetworkInterface address="127.0.0.1"/>' not in with_uri.split(',')[1]
+    assert dds.domain_config('', {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SYSTEM_DEFAULT'}) == buffers
+
+
+def test_receive_buffer_setting_is_a_cyclone_config_it_accepts():
+    domain = dt.unique_domain()
+    config = ','.join([dt.LOOPBACK_URI, dds.receive_buffer_config(2 << 20)])
+    assert 'SocketReceiveBufferSize max="2097152B"' in config
+    with pytest.raises(DDSException):  # Cyclone rejects what it does not know
+        Domain(dt.unique_domain(), config.replace('SocketReceiveBufferSize', 'SocketBuffer'))
+    holder = Domain(domain, config)
+    participant = DomainParticipant(domain)
+    assert participant.guid.bytes and holder is not None
+
+
+def test_small_kernel_receive_buffer_cap_is_reported(tmp_path, monkeypatch, caplog):
+    cap = tmp_path / 'rmem_max'
+    monkeypatch.setattr(dds, 'RMEM_MAX_PATH', str(cap))
+    cap.write_text('212992\n')
+    assert dds.kernel_receive_buffer_max() == 212992
+    with caplog.at_level('WARNING', logger=dds.__name__):
+        dds._warn_small_receive_buffers()
+    assert len(caplog.records) == 1
+    assert 'net.core.rmem_max is 212992 bytes' in caplog.text and 'sysctl -w' in caplog.text
+    caplog.clear()
+    cap.write_text('4194304\n')
+    dds._warn_small_receive_buffers()
+    assert not caplog.records
+    cap.unlink()
+    assert dds.kernel_receive_buffer_max() is None
 
 
 def test_qos_profiles():

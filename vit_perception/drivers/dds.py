@@ -50,7 +50,7 @@ from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 from rosbags.interfaces import Nodetype
 
-from vit_perception.drivers import ros_types
+from vit_perception.drivers import ros_graph, ros_types
 from vit_perception.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -156,20 +156,65 @@ def ros_discovery_config(env=None, bind_loopback: bool = True) -> str:
             '</CycloneDDS>')
 
 
+# Socket receive buffers and large best-effort messages (README "Large best-effort images across
+# DDS vendors", `vit-perception bench --live --image-loss`): a 640x480 rgb8 image is ~900 kB of
+# UDP datagrams in a burst. The kernel caps receive buffers at net.core.rmem_max (Linux's
+# default: 212992 bytes); at that size Cyclone readers lost 39-63 % of such frames here. Cyclone
+# asks for 1 MiB by default; with that, readers lost 5-14 of 600 frames in 3 of 7 runs under
+# load, with 4 MiB none in 9: the driver asks for 4 MiB and takes what the kernel grants.
+RMEM_MAX_PATH = '/proc/sys/net/core/rmem_max'
+RECEIVE_BUFFER_BYTES = 4 << 20  # requested per socket (CYCLONEDDS_URI may override)
+LARGE_MESSAGE_RECEIVE_BUFFER = 1 << 20  # below this, large best-effort messages get lost
+
+
+def kernel_receive_buffer_max() -> int | None:
+    """net.core.rmem_max (bytes), the kernel's cap on socket receive buffers; None if unknown."""
+    try:
+        with open(RMEM_MAX_PATH) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def receive_buffer_config(size: int) -> str:
+    """A Cyclone config fragment (for CYCLONEDDS_URI) requesting `size`-byte socket receive
+    buffers, accepting less: Cyclone's Internal/SocketReceiveBufferSize (0.10: use min=)."""
+    return (f'<CycloneDDS><Domain Id="any"><Internal><SocketReceiveBufferSize max="{int(size)}B"/>'
+            '</Internal></Domain></CycloneDDS>')
+
+
+def _warn_small_receive_buffers() -> None:
+    """Once per process: say so when the kernel caps receive buffers below what images need."""
+    cap = kernel_receive_buffer_max()
+    if cap is not None and cap < LARGE_MESSAGE_RECEIVE_BUFFER:
+        _log.warning('net.core.rmem_max is %d bytes: best-effort images will be lost (readers '
+                     'lost 39-63%% of 640x480 frames at 212992); raise it: sudo sysctl -w '
+                     'net.core.rmem_max=4194304', cap)
+
+
 _domains: dict[int, Domain] = {}  # configured once per process and domain id, kept
 _domains_lock = threading.Lock()
 
 
+def domain_config(uri: str = '', env=None) -> str:
+    """The driver's Cyclone configuration: RECEIVE_BUFFER_BYTES receive buffers, then the ROS
+    discovery settings of `env` (ros_discovery_config), then `uri` ($CYCLONEDDS_URI), each
+    overriding what comes before it."""
+    # A CYCLONEDDS_URI chooses its own interfaces (Cyclone refuses one selected twice).
+    fragments = [receive_buffer_config(RECEIVE_BUFFER_BYTES),
+                 ros_discovery_config(env, bind_loopback=not uri), uri]
+    return ','.join(filter(None, fragments))
+
+
 def _configure_domain(domain_id: int) -> None:
-    """Create the Cyclone domain with the ROS discovery settings + $CYCLONEDDS_URI (once)."""
+    """Create the Cyclone domain with domain_config() and $CYCLONEDDS_URI (once)."""
     with _domains_lock:
         if domain_id in _domains:
             return
+        if not _domains:
+            _warn_small_receive_buffers()
         uri = os.environ.get('CYCLONEDDS_URI', '').strip()
-        # A CYCLONEDDS_URI chooses its own interfaces (Cyclone refuses one selected twice).
-        fragment = ros_discovery_config(bind_loopback=not uri)
-        if fragment:
-            _domains[domain_id] = Domain(domain_id, ','.join(filter(None, [fragment, uri])))
+        _domains[domain_id] = Domain(domain_id, domain_config(uri))
 
 
 def resolve_domain_id(domain_id: int = -1) -> int:
@@ -196,7 +241,7 @@ _IDL_BASE = {
     'int16': idl.int16, 'uint16': idl.uint16, 'int32': idl.int32, 'uint32': idl.uint32,
     'int64': idl.int64, 'uint64': idl.uint64, 'float32': idl.float32, 'float64': idl.float64,
 }
-_cdr_types: dict[str, type] = {}
+_cdr_types: dict[tuple[str, int], type] = {}  # (msgtype, id(typestore)) -> class
 _cdr_types_lock = threading.Lock()
 
 
@@ -216,32 +261,36 @@ def _cdr_deserialize_key(cls, data: bytes, has_header: bool = True, use_version_
     return None  # keyless ROS types: nothing to decode
 
 
-def cdr_type(msgtype: str) -> type:
+def cdr_type(msgtype: str, store=None) -> type:
     """The IDL struct Cyclone registers for `msgtype` (named like rmw_cyclonedds' type).
 
-    Its fields mirror the typestore definition (so Cyclone validates payloads against the real
-    type) but an instance is just `cls(cdr_bytes)`, with `.cdr` holding the serialized message.
+    Its fields mirror the definition in `store` (a rosbags typestore; default the project's,
+    ros_types.typestore()), so Cyclone validates payloads against the real type, but an
+    instance is just `cls(cdr_bytes)`, with `.cdr` holding the serialized message.
     """
-    with _cdr_types_lock:
-        return _make_cdr_type(msgtype)
-
-
-def _make_cdr_type(msgtype: str) -> type:
-    if msgtype not in _cdr_types:
+    if store is None:
         ros_types.msg_class(msgtype)  # ConfigError for unknown types
-        _, fields = ros_types.typestore().fielddefs[msgtype]
-        annotations = {name: _idl_field(desc) for name, desc in fields}
+        store = ros_types.typestore()
+    with _cdr_types_lock:
+        return _make_cdr_type(msgtype, store)
+
+
+def _make_cdr_type(msgtype: str, store) -> type:
+    key = (msgtype, id(store))
+    if key not in _cdr_types:
+        _, fields = store.fielddefs[msgtype]
+        annotations = {name: _idl_field(desc, store) for name, desc in fields}
         cls = make_idl_struct(dds_type_name(msgtype).split('::')[-1], dds_type_name(msgtype),
                               annotations, dataclassify=False)
         cls.__init__ = _cdr_init
         cls.serialize = _cdr_serialize
         cls.deserialize = classmethod(_cdr_deserialize)
         cls.deserialize_key = classmethod(_cdr_deserialize_key)
-        _cdr_types[msgtype] = cls
-    return _cdr_types[msgtype]
+        _cdr_types[key] = cls
+    return _cdr_types[key]
 
 
-def _idl_field(desc) -> object:
+def _idl_field(desc, store) -> object:
     kind, rest = desc
     if kind == Nodetype.BASE:
         name, bound = rest
@@ -249,14 +298,16 @@ def _idl_field(desc) -> object:
             return idl.bounded_str[bound] if bound else str
         return _IDL_BASE[name]
     if kind == Nodetype.NAME:
-        return _make_cdr_type(rest)
+        return _make_cdr_type(rest, store)
     item, count = rest
     if kind == Nodetype.ARRAY:
-        return idl.array[_idl_field(item), count]
-    return idl.sequence[_idl_field(item), count] if count else idl.sequence[_idl_field(item)]
+        return idl.array[_idl_field(item, store), count]
+    if count:
+        return idl.sequence[_idl_field(item, store), count]
+    return idl.sequence[_idl_field(item, store)]
 
 
-def _cyclone_qos(spec: QosSpec, msgtype: str) -> Qos:
+def _cyclone_qos(spec: QosSpec, msgtype: str, type_hash: str | None = None) -> Qos:
     reliability = (Policy.Reliability.Reliable(max_blocking_time=duration(milliseconds=100))
                    if spec.reliability == 'reliable' else Policy.Reliability.BestEffort)
     durability = (Policy.Durability.TransientLocal if spec.durability == 'transient_local'
@@ -264,7 +315,7 @@ def _cyclone_qos(spec: QosSpec, msgtype: str) -> Qos:
     return Qos(
         reliability, durability, Policy.History.KeepLast(spec.depth),
         Policy.DataRepresentation(use_cdrv0_representation=True),  # XCDR1 only, like ROS 2
-        Policy.Userdata(f'typehash={ros_types.type_hash(msgtype)};'.encode()))
+        Policy.Userdata(f'typehash={type_hash or ros_types.type_hash(msgtype)};'.encode()))
 
 
 # DDS QosPolicyId_t values named in incompatible-QoS reports.
@@ -452,11 +503,14 @@ class DdsTransport:
     """One DDS participant on `domain_id` with ROS 2 named topics, publishers, subscriptions.
 
     Thread-safe: publishers may be used from any thread; subscription callbacks run on one
-    dispatcher thread owned by the transport.
+    dispatcher thread owned by the transport. `ros_distro` ('humble', 'jazzy', ...; None:
+    $ROS_DISTRO) selects the ros_discovery_info layout of announce_node (ros_graph.gid_size).
     """
 
-    def __init__(self, domain_id: int = -1, on_error: ErrorCallback | None = None):
+    def __init__(self, domain_id: int = -1, on_error: ErrorCallback | None = None,
+                 ros_distro: str | None = None):
         self.domain_id = resolve_domain_id(domain_id)
+        self.gid_size = ros_graph.gid_size(ros_distro)
         self.on_error = on_error or _log_error
         _configure_domain(self.domain_id)
         self._participant = DomainParticipant(self.domain_id)
@@ -514,10 +568,12 @@ class DdsTransport:
         with self._lock:
             self._check_open()
             if self._discovery_writer is None:
-                qos = _cyclone_qos(qos_profile('reliable', 1, 'transient_local'),
-                                   ros_types.PARTICIPANT_ENTITIES_INFO)
-                topic = self._topic('ros_discovery_info', ros_types.PARTICIPANT_ENTITIES_INFO,
-                                    dds_name='ros_discovery_info')
+                msgtype, store = ros_graph.PARTICIPANT_ENTITIES_INFO, ros_graph.typestore(
+                    self.gid_size)
+                qos = _cyclone_qos(qos_profile('reliable', 1, 'transient_local'), msgtype,
+                                   store.hash_rihs01(msgtype))
+                topic = self._topic(ros_graph.DISCOVERY_TOPIC, msgtype,
+                                    dds_name=ros_graph.DISCOVERY_TOPIC, store=store)
                 self._discovery_writer = DataWriter(self._participant, topic, qos=qos)
             self._node = (namespace, name)
             self._announce()
@@ -526,11 +582,11 @@ class DdsTransport:
         """Publish the node's entities (under self._lock; no-op before announce_node)."""
         if self._node is None or self._closed:
             return
-        msg = ros_types.participant_entities_info_msg(
-            self._participant.guid.bytes, *self._node,
-            [s.guid for s in self._subscriptions], [p.guid for p in self._publishers])
-        cdr = ros_types.serialize(msg, ros_types.PARTICIPANT_ENTITIES_INFO)
-        self._discovery_writer.write(cdr_type(ros_types.PARTICIPANT_ENTITIES_INFO)(bytes(cdr)))
+        cdr = ros_graph.participant_entities_info_cdr(
+            self._participant.guid.bytes, *self._node, [s.guid for s in self._subscriptions],
+            [p.guid for p in self._publishers], self.gid_size)
+        self._discovery_writer.write(cdr_type(ros_graph.PARTICIPANT_ENTITIES_INFO,
+                                              ros_graph.typestore(self.gid_size))(cdr))
 
     def close_subscriptions(self) -> None:
         """Stop the dispatcher and delete every reader; publishers keep working."""
@@ -572,7 +628,8 @@ class DdsTransport:
         if self._closed or (subscribing and self._dispatch_stopped):
             raise ConfigError('DDS transport is closed: create a new DdsTransport')
 
-    def _topic(self, topic: str, msgtype: str, dds_name: str | None = None) -> Topic:
+    def _topic(self, topic: str, msgtype: str, dds_name: str | None = None,
+               store=None) -> Topic:
         name = dds_name or dds_topic_name(topic)
         if name in self._topics:
             entity, have = self._topics[name]
@@ -580,8 +637,9 @@ class DdsTransport:
                 raise ConfigError(f'topic {topic} is already used with type {have}, not '
                                   f'{msgtype}: expected one type per topic')
             return entity
-        ros_types.prepare(msgtype)
-        entity = Topic(self._participant, name, cdr_type(msgtype))
+        if store is None:
+            ros_types.prepare(msgtype)
+        entity = Topic(self._participant, name, cdr_type(msgtype, store))
         self._topics[name] = (entity, msgtype)
         return entity
 

@@ -12,7 +12,6 @@ on the received buffer.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,17 +43,6 @@ DIAGNOSTIC_ARRAY = 'diagnostic_msgs/msg/DiagnosticArray'
 TWIST_STAMPED = 'geometry_msgs/msg/TwistStamped'
 CLOCK = 'rosgraph_msgs/msg/Clock'
 EMBEDDING = f'{PACKAGE}/msg/Embedding'
-PARTICIPANT_ENTITIES_INFO = 'rmw_dds_common/msg/ParticipantEntitiesInfo'  # ros_discovery_info
-
-# rmw_dds_common's graph messages (not in rosbags' stores): what every DDS-based rmw publishes on
-# ros_discovery_info so that `ros2 node list` sees the nodes of a participant. The Gid is 16
-# bytes since Iron (char[24] in Humble and before).
-_RMW_DDS_COMMON = {
-    'Gid': 'char[{gid_size}] data',
-    'NodeEntitiesInfo': 'string<=256 node_namespace\nstring<=256 node_name\n'
-                        'Gid[] reader_gid_seq\nGid[] writer_gid_seq',
-    'ParticipantEntitiesInfo': 'Gid gid\nNodeEntitiesInfo[] node_entities_info_seq',
-}
 ACTION_CHUNK = f'{PACKAGE}/msg/ActionChunk'
 
 # (encoding) -> (channels, bytes per channel) for the raw encodings image_msg builds.
@@ -98,18 +86,10 @@ def typestore():
     """The rosbags typestore: ROS 2 Jazzy standard types + vit_perception/msg/*."""
     store = get_typestore(ROS_STORE)
     types = {}
-    for name, text in _RMW_DDS_COMMON.items():
-        types.update(get_types_from_msg(text.format(gid_size=gid_size()),
-                                        f'rmw_dds_common/msg/{name}'))
     for path in sorted(find_msg_dir().glob('*.msg')):
         types.update(get_types_from_msg(path.read_text(), f'{PACKAGE}/msg/{path.stem}'))
     store.register(types)
     return store
-
-
-def gid_size() -> int:
-    """Bytes of an rmw_dds_common/msg/Gid: 24 on $ROS_DISTRO humble (and older), else 16."""
-    return 24 if os.environ.get('ROS_DISTRO', '').lower() in ('foxy', 'galactic', 'humble') else 16
 
 
 def msg_class(msgtype: str) -> type:
@@ -285,23 +265,6 @@ def twist_msg(stamp_ns: int, frame_id: str, linear: Sequence[float],
     twist = msg_class('geometry_msgs/msg/Twist')(
         linear=vector(*(float(v) for v in linear)), angular=vector(*(float(v) for v in angular)))
     return msg_class(TWIST_STAMPED)(header=header_msg(stamp_ns, frame_id), twist=twist)
-
-
-def participant_entities_info_msg(participant_gid: bytes, node_namespace: str, node_name: str,
-                                  reader_gids: Sequence[bytes], writer_gids: Sequence[bytes]):
-    """rmw_dds_common/msg/ParticipantEntitiesInfo: one node and its readers and writers (GUIDs
-    of 16 bytes, zero-padded to the Gid size)."""
-    size = gid_size()
-    gid_class = msg_class('rmw_dds_common/msg/Gid')
-
-    def gid(guid: bytes):
-        return gid_class(data=np.frombuffer(bytes(guid).ljust(size, b'\0')[:size], np.uint8))
-
-    node = msg_class('rmw_dds_common/msg/NodeEntitiesInfo')(
-        node_namespace=node_namespace, node_name=node_name,
-        reader_gid_seq=[gid(g) for g in reader_gids], writer_gid_seq=[gid(g) for g in writer_gids])
-    return msg_class(PARTICIPANT_ENTITIES_INFO)(gid=gid(participant_gid),
-                                                node_entities_info_seq=[node])
 
 
 def diagnostics_msg(report, stamp_ns: int, name: str, hardware_id: str = ''):

@@ -11,6 +11,8 @@ this process, which records the node's outputs with their receive times:
     node-side figures             = /diagnostics (timer lateness, stage latencies, drops)
     memory                        = node RSS sampled every few seconds (psutil)
 
+`--live --image-loss` is tools/image_loss.py (transport only, no model).
+
 Statistics cover a window that starts after a warm-up (first chunk + a few seconds). Cyclone
 runs on the loopback interface only. The helpers here (NodeProcess, OutputRecorder, ...) are
 also what the process-level reliability tests use.
@@ -260,6 +262,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     live.add_argument('--image-qos', choices=['reliable', 'best_effort'], default='reliable',
                       help='--backend: image QoS of the peer and the node (default reliable: '
                       'transport loss out of the measurement)')
+    live.add_argument('--image-loss', action='store_true',
+                      help='--live: best-effort image loss between Fast DDS (rclpy, --ros-env) '
+                      'and Cyclone (this DDS driver) in every direction, under each setting '
+                      '(see tools/image_loss.py); no model, --duration seconds of 30 Hz --image '
+                      'frames per run (default 20)')
+    live.add_argument('--image-loss-settings', default='', metavar='NAMES',
+                      help='--image-loss: comma-separated settings to run (default all)')
     live.add_argument('--ros-env', default=None, metavar='DIR',
                       help='--backend: a folder made by `bash scripts/check_ros_jazzy.sh --dir '
                       'DIR` (rclpy from the Jazzy wheels) when this Python has no rclpy '
@@ -269,6 +278,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vit_perception.errors import ConfigError
 
+    if getattr(args, 'image_loss', False):
+        return run_image_loss(args)
     peer = bool(getattr(args, 'backend', None))
     if args.rate is None:
         args.rate = PEER_CONTROL_RATE_HZ if peer else 100.0
@@ -300,6 +311,25 @@ def run(args: argparse.Namespace) -> int:
                      cameras=SOAK_CAMERAS if soak else 1, progress=progress)
     print(json.dumps(report, indent=2) if args.json else format_report(report), flush=True)
     return 0
+
+
+def run_image_loss(args: argparse.Namespace) -> int:
+    """`bench --live --image-loss`: tools/image_loss.py's table."""
+    from vit_perception.errors import ConfigError
+    from vit_perception.tools import image_loss
+
+    if args.soak or args.backend:
+        raise ConfigError('--image-loss goes with --live alone (not --soak or --backend)')
+    args.duration = PEER_LOSS_DURATION_S if args.duration is None else args.duration
+    if not args.duration > 0:
+        raise ConfigError(f'--duration {args.duration}: must be > 0')
+    names = [n for n in args.image_loss_settings.split(',') if n]
+    known = [s.name for s in image_loss.settings(1)]
+    if any(n not in known for n in names):
+        raise ConfigError(f'--image-loss-settings {args.image_loss_settings!r}: expected '
+                          f'names from {",".join(known)}')
+    return image_loss.run(args, progress=lambda text: print(f'bench: {text}', file=sys.stderr,
+                                                            flush=True))
 
 
 def measure(*, mode: str, duration: float, rate: float, model: str = '', size: str = 'small',
@@ -396,7 +426,7 @@ def _measure(mode, duration, rate, model, size, fusion, device, dtype, width, he
             kill_child(publisher)
             node.kill()
         stderr = node.stderr()
-    sent = _last_json(pub_out)
+    sent = last_json_line(pub_out)
     report = {
         'mode': mode,
         'model': model_name,
@@ -426,6 +456,7 @@ def _measure(mode, duration, rate, model, size, fusion, device, dtype, width, he
 # ------------------------------------------------------------------------------------------
 
 PEER_DURATION_S = 30.0
+PEER_LOSS_DURATION_S = 20.0  # --image-loss: 600 frames per run
 PEER_POSE_RATE_HZ = 100.0
 PEER_CONTROL_RATE_HZ = 50.0
 MAX_ACTION_GAP_MS = 100.0  # the issue's target: every gap between actions <= 100 ms
@@ -482,8 +513,8 @@ def measure_with_peer(backend: str, *, ros_env: RosEnvironment, duration: float 
             kill_child(peer)
             node.kill()
         stderr = node.stderr()
-    result = _last_json(out)
-    if not _last_json(first).get('matched') or result.get('event') != 'done':
+    result = last_json_line(out)
+    if not last_json_line(first).get('matched') or result.get('event') != 'done':
         raise RuntimeError(f'{backend}: the rclpy peer and the node did not match:\n'
                            f'{(err or "")[-2000:]}\nnode:\n{stderr[-2000:]}')
     report = summarize_peer(result, rate)
@@ -650,7 +681,8 @@ def _float(text) -> float | None:
         return None
 
 
-def _last_json(text: str) -> dict:
+def last_json_line(text: str) -> dict:
+    """The last line of `text` that parses as JSON ({} if none): a child process's report."""
     for line in reversed((text or '').strip().splitlines()):
         try:
             return json.loads(line)
