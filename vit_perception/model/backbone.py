@@ -17,6 +17,7 @@ bias (`relative_bias.py`), which the adapter computes itself for the extended se
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -316,7 +317,7 @@ def _image_processor_config(name: str) -> dict:
     except (OSError, ValueError, ImportError) as err:
         raise CheckpointError(f'{name}: cannot read its preprocessor_config.json '
                               f'({str(err).splitlines()[0]})') from None
-    return processor.to_dict()
+    return json.loads(processor.to_json_string())  # plain JSON types (lists, not tuples)
 
 
 def hf_image_processor(preprocess):
