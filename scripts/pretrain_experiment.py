@@ -1,17 +1,23 @@
 """Does self-supervised pretraining on unlabeled frames help behaviour cloning on the sim task?
 
     python3 scripts/pretrain_experiment.py --work exp_ssl [--budgets 10 25 50] [--seeds 0 1 2]
+    python3 scripts/pretrain_experiment.py --work exp_ssl --table     # results so far
 
 Steps (all on the shipped reach task, the shipped tiny-ViT recipe of `train`):
 1. record labeled demos (seeds 0..max budget-1), validation episodes (seeds 1000..1000+V-1) and
    an unlabeled pool (seeds 2000..2000+P-1; its actions are never read);
-2. `vit-perception pretrain POOL --objective simmim` once (seed 0);
-3. per label budget and seed, three arms trained with the same number of optimizer steps:
-   scratch, pretrained then fine-tuned, pretrained with the backbone frozen;
-4. validation MAE (robot units, all action dims averaged over dx dy dz) on the SAME validation
-   episodes for every run, against the constant baseline (the training action mean).
-Writes WORK/results.json and prints a markdown table. Optionally `--closed-loop N` runs
-`vit-perception demo` on N held-out seeds per checkpoint (slow).
+2. pretrain once per objective on the pool (seed 0): `simmim` (no teacher), then `beitv2` whose
+   teacher is the SimMIM output (an encoder our own training produced from the unlabeled pool
+   only, so no label reaches any pretrained arm);
+3. per label budget and seed, every arm trained with the same number of optimizer steps (the
+   shipped recipe otherwise: batch 64, AdamW 1e-3, warmup + cosine, shift augmentation):
+   `scratch`, `simmim_finetune`, `simmim_frozen`, `beitv2_finetune`, `beitv2_frozen`;
+4. validation MAE per action dimension (robot units) on the SAME validation episodes for every
+   run, against the constant baseline (the training action mean);
+5. closed-loop success (`vit-perception demo`, held-out seeds 1000..) for the budgets in
+   `--closed-loop-budgets`.
+Each run writes WORK/runs/NAME/result.json, so several invocations (e.g. different seeds) can
+share WORK; `--table` prints the markdown table of all results.
 """
 
 from __future__ import annotations
@@ -24,15 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from vit_perception.config import load_node_config
-from vit_perception.model.policy import build_policy
-from vit_perception.tools import dataset, train
-from vit_perception.tools.sim.record import record_episodes
-
-ARMS = ('scratch', 'finetune', 'frozen')
-MOVING_DIMS = 3  # dx dy dz; the other dims are constant zero in the task
+ARMS = ('scratch', 'simmim_finetune', 'simmim_frozen', 'beitv2_finetune', 'beitv2_frozen')
+DIMS = ('dx', 'dy', 'dz')  # the other action dims are constant zero in the task
+BATCH = 64
 
 
 def main() -> int:
@@ -40,48 +40,70 @@ def main() -> int:
     parser.add_argument('--work', required=True)
     parser.add_argument('--budgets', type=int, nargs='+', default=[10, 25, 50])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--arms', nargs='+', default=list(ARMS), choices=ARMS)
+    parser.add_argument('--labeled-episodes', type=int, default=50)
     parser.add_argument('--val-episodes', type=int, default=20)
     parser.add_argument('--pool-episodes', type=int, default=100)
-    parser.add_argument('--steps', type=int, default=1200, help='BC optimizer steps per run')
-    parser.add_argument('--pretrain-epochs', type=int, default=30)
-    parser.add_argument('--closed-loop', type=int, default=0)
+    parser.add_argument('--steps', type=int, default=1500, help='BC optimizer steps per run')
+    parser.add_argument('--pretrain-epochs', type=int, default=30,
+                        help='SimMIM epochs, and BEiT v2 MIM epochs')
+    parser.add_argument('--tokenizer-epochs', type=int, default=10, help='BEiT v2 VQ-KD epochs')
+    parser.add_argument('--closed-loop', type=int, default=0,
+                        help='closed-loop episodes per checkpoint (vit-perception demo)')
+    parser.add_argument('--closed-loop-budgets', type=int, nargs='+', default=[50])
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    parser.add_argument('--pretrain-only', action='store_true',
+                        help='record and pretrain, train no arm')
+    parser.add_argument('--table', action='store_true', help='only print the results table')
     args = parser.parse_args()
     work = Path(args.work)
-    record(work / 'labeled', max(args.budgets), 0)
-    record(work / 'val', args.val_episodes, 1000)
-    record(work / 'pool', args.pool_episodes, 2000)
-    ssl = work / 'ssl'
-    started = time.perf_counter()
-    if not (ssl / 'model.safetensors').is_file():
-        run_cli(['pretrain', str(work / 'pool'), '--out', str(ssl), '--objective', 'simmim',
-                 '--epochs', str(args.pretrain_epochs), '--mask-ratio', '0.6', '--seed', '0'])
-    pretrain_seconds = time.perf_counter() - started
+    if args.table:
+        print(table(load_results(work), json.loads(_read(work / 'pretrain_costs.json', '{}'))))
+        return 0
 
+    import torch
+
+    from vit_perception.config import load_node_config
+    from vit_perception.tools import dataset, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    record(work / 'labeled', args.labeled_episodes, 0)
+    record(work / 'val', args.val_episodes, 1000)
+    if any(arm != 'scratch' for arm in args.arms):
+        record(work / 'pool', args.pool_episodes, 2000)
+        pretrain_all(work, args)
+    if args.pretrain_only:
+        return 0
     config = train.build_config(None, [], None, False)
     node_config = load_node_config(None)
-    labeled = dataset.load_episodes(dataset.find_bags([work / 'labeled']), config, node_config)
-    val = dataset.load_episodes(dataset.find_bags([work / 'val']), config, node_config)
-    val_data = train._concat(val)
-    results = json.loads((work / 'results.json').read_text()) if (
-        work / 'results.json').is_file() else []
-    done = {(r['budget'], r['seed'], r['arm']) for r in results}
+    labeled = dataset.load_episodes(dataset.find_bags([work / 'labeled']), config, node_config,
+                                    progress=False)
+    val = train._concat(dataset.load_episodes(dataset.find_bags([work / 'val']), config,
+                                              node_config, progress=False))
     for budget in args.budgets:
         for seed in args.seeds:
-            for arm in ARMS:
-                if (budget, seed, arm) in done:
-                    continue
-                result = run_arm(arm, budget, seed, labeled[:budget], val_data, ssl, work, args)
-                results.append(result)
-                (work / 'results.json').write_text(json.dumps(results, indent=1) + '\n')
-                print(json.dumps(result), file=sys.stderr)
-    print(f'pretraining (SimMIM, {args.pretrain_epochs} epochs on {args.pool_episodes} '
-          f'unlabeled episodes): {pretrain_seconds:.0f} s this invocation')
-    print(table(results, args))
+            for arm in args.arms:
+                name = f'b{budget}_s{seed}_{arm}'
+                path = work / 'runs' / name / 'result.json'
+                if path.is_file():
+                    result = json.loads(path.read_text())
+                else:
+                    result = run_arm(arm, budget, seed, labeled[:budget], val, work, args)
+                    path.write_text(json.dumps(result, indent=1) + '\n')
+                if (args.closed_loop and budget in args.closed_loop_budgets
+                        and 'success' not in result):
+                    result.update(closed_loop(work, name, args.closed_loop))
+                    path.write_text(json.dumps(result, indent=1) + '\n')
+                print(json.dumps(result), file=sys.stderr, flush=True)
+    print(table(load_results(work), json.loads(_read(work / 'pretrain_costs.json', '{}'))))
     return 0
 
 
 def record(directory: Path, episodes: int, seed: int) -> None:
     """Episodes seed .. seed + episodes - 1 as directory/episode_NNNN (kept when present)."""
+    from vit_perception.tools.sim.record import record_episodes
+
     have = len(list(directory.glob('episode_*'))) if directory.exists() else 0
     if have < episodes:
         record_episodes(directory / 'more', episodes - have, seed + have, image_size=96,
@@ -91,17 +113,50 @@ def record(directory: Path, episodes: int, seed: int) -> None:
         (directory / 'more').rmdir()
 
 
+def pretrain_all(work: Path, args) -> None:
+    """SimMIM, then BEiT v2 with the SimMIM encoder as its teacher; costs -> pretrain_costs.json.
+    """
+    costs = json.loads(_read(work / 'pretrain_costs.json', '{}'))
+    jobs = [('simmim', ['--objective', 'simmim']),
+            ('beitv2', ['--objective', 'beitv2', '--teacher', str(work / 'ssl_simmim'),
+                        '--tokenizer-epochs', str(args.tokenizer_epochs)])]
+    for objective, extra in jobs:
+        out = work / f'ssl_{objective}'
+        if objective == 'beitv2' and not any(a.startswith('beitv2') for a in args.arms):
+            continue
+        if not (out / 'pretrain_report.json').is_file():
+            started = time.perf_counter()
+            run_cli(['pretrain', str(work / 'pool'), '--out', str(out), *extra,
+                     '--epochs', str(args.pretrain_epochs), '--mask-ratio', '0.6',
+                     '--seed', '0'])
+            report = json.loads((out / 'pretrain_report.json').read_text())
+            frames = report['frames']
+            steps = len(report['history']) * math.ceil(frames / BATCH)
+            costs[objective] = {'seconds_training': report['seconds'],
+                                'seconds_command': round(time.perf_counter() - started, 1),
+                                'frames': frames, 'epochs': len(report['history']),
+                                'steps': steps, 'last_epoch': report['history'][-1]}
+            (work / 'pretrain_costs.json').write_text(json.dumps(costs, indent=1) + '\n')
+
+
 def run_cli(argv: list[str]) -> None:
     subprocess.run([sys.executable, '-m', 'vit_perception.tools.cli', *argv], check=True)
 
 
-def run_arm(arm, budget, seed, episodes, val_data, ssl, work, args) -> dict:
-    pretrained = None if arm == 'scratch' else str(ssl)
-    config = train.build_config(None, [], pretrained, arm == 'frozen')
+def run_arm(arm, budget, seed, episodes, val, work, args) -> dict:
+    """Train one arm for args.steps optimizer steps; validation MAE per dimension."""
+    import torch
+
+    from vit_perception.model.policy import build_policy
+    from vit_perception.tools import train
+
+    objective = arm.split('_')[0]
+    pretrained = None if arm == 'scratch' else str(work / f'ssl_{objective}')
+    config = train.build_config(None, [], pretrained, arm.endswith('frozen'))
     torch.manual_seed(seed)
     policy = build_policy(config)
     samples = sum(len(e) for e in episodes)
-    steps_per_epoch = math.ceil(samples / 64)
+    steps_per_epoch = math.ceil(samples / BATCH)
     epochs = max(1, round(args.steps / steps_per_epoch))
     options = train.TrainOptions(epochs=epochs, seed=seed, val_fraction=0.0)
     out = work / 'runs' / f'b{budget}_s{seed}_{arm}'
@@ -109,38 +164,85 @@ def run_arm(arm, budget, seed, episodes, val_data, ssl, work, args) -> dict:
     train.train(policy, episodes, options, out, progress=False, optimizer_state=False)
     seconds = time.perf_counter() - started
     stats = policy.normalization()
-    targets = (val_data['actions'] - torch.tensor(stats['action_mean'])) / torch.tensor(
-        stats['action_std'])
-    indices = torch.arange(len(val_data['actions']))
-    mae = train.evaluate(policy, val_data, targets, indices, options)['mae']
-    baseline = train.baseline_mae(val_data, indices, torch.tensor(stats['action_mean']))
-    result = {'budget': budget, 'seed': seed, 'arm': arm, 'epochs': epochs,
-              'steps': epochs * steps_per_epoch, 'train_samples': samples,
-              'seconds': round(seconds, 1), 'val_mae': mae, 'baseline_mae': baseline}
-    if args.closed_loop:
-        report = work / 'demo' / out.name
-        run_cli(['demo', '--model', str(out), '--episodes', str(args.closed_loop),
-                 '--report', str(report)])
-        sim = json.loads((report / 'sim.json').read_text())
-        result['success'] = sum(e['success'] for e in sim['episodes'])
-        result['closed_loop_episodes'] = len(sim['episodes'])
-    return result
+    mean, std = torch.tensor(stats['action_mean']), torch.tensor(stats['action_std'])
+    indices = torch.arange(len(val['actions']))
+    mae = train.evaluate(policy, val, (val['actions'] - mean) / std, indices, options)['mae']
+    return {'budget': budget, 'seed': seed, 'arm': arm, 'epochs': epochs,
+            'steps': epochs * steps_per_epoch, 'train_samples': samples,
+            'seconds': round(seconds, 1), 'val_mae': mae,
+            'baseline_mae': train.baseline_mae(val, indices, mean),
+            'val_samples': len(indices), 'torch_threads': torch.get_num_threads()}
 
 
-def table(results: list[dict], args) -> str:
-    lines = ['| labeled episodes | arm | val MAE dx dy dz (mean over seeds ± std) | '
-             'constant baseline | runs |', '|---|---|---|---|---|']
-    for budget in args.budgets:
+def closed_loop(work: Path, name: str, episodes: int) -> dict:
+    """`vit-perception demo` on held-out seeds 1000.. with the run's checkpoint."""
+    report = work / 'demo' / name
+    if not (report / 'sim.json').is_file():
+        run_cli(['demo', '--model', str(work / 'runs' / name), '--episodes', str(episodes),
+                 '--report', str(report)])  # its own domain id: 110 + pid % 110
+    sim = json.loads((report / 'sim.json').read_text())
+    foreign = foreign_actions(report / 'bags')
+    if foreign:  # another process on the same DDS domain drove the sim: the run is void
+        report.rename(report.with_name(f'{name}_contaminated_{time.time():.0f}'))
+        raise RuntimeError(f'{name}: {foreign} actions in the demo bags came from a foreign '
+                           'publisher on the same DDS domain; rerun')
+    return {'success': sum(bool(e['success']) for e in sim['episodes']),
+            'closed_loop_episodes': len(sim['episodes'])}
+
+
+def foreign_actions(bags: Path) -> int:
+    """/vit_perception/action messages not from our node (it leaves header.frame_id empty;
+    another helper's test on the same domain id once published with frame_id 'base')."""
+    from rosbags.highlevel import AnyReader
+
+    count = 0
+    for bag in sorted(bags.iterdir()):
+        with AnyReader([bag]) as reader:
+            topics = [c for c in reader.connections if c.topic == '/vit_perception/action']
+            for connection, _, raw in reader.messages(connections=topics):
+                count += reader.deserialize(raw, connection.msgtype).header.frame_id != ''
+    return count
+
+
+def load_results(work: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(work.glob('runs/*/result.json'))]
+
+
+def _read(path: Path, default: str) -> str:
+    return path.read_text() if path.is_file() else default
+
+
+def table(results: list[dict], costs: dict) -> str:
+    """Markdown: per budget and arm, val MAE per dim (mean ± std over seeds) and success."""
+    import statistics
+
+    def spread(values):
+        mean = statistics.fmean(values)
+        return f'{mean:.4f}' + (f' ± {statistics.stdev(values):.4f}' if len(values) > 1 else '')
+
+    lines = ['| labeled episodes | arm | seeds | ' + ' | '.join(DIMS) + ' | mean | '
+             'constant baseline ' + ' / '.join(DIMS) + ' | closed-loop success |',
+             '|---|---|---|' + '---|' * (len(DIMS) + 3)]
+    for budget in sorted({r['budget'] for r in results}):
         for arm in ARMS:
             rows = [r for r in results if r['budget'] == budget and r['arm'] == arm]
             if not rows:
                 continue
-            mae = torch.tensor([sum(r['val_mae'][:MOVING_DIMS]) / MOVING_DIMS for r in rows])
-            base = sum(sum(r['baseline_mae'][:MOVING_DIMS]) / MOVING_DIMS for r in rows) / len(
-                rows)
-            spread = f' ± {mae.std().item():.4f}' if len(rows) > 1 else ''
-            lines.append(f'| {budget} | {arm} | {mae.mean().item():.4f}{spread} | '
-                         f'{base:.4f} | {len(rows)} |')
+            cells = [spread([r['val_mae'][i] for r in rows]) for i in range(len(DIMS))]
+            cells.append(spread([sum(r['val_mae'][:len(DIMS)]) / len(DIMS) for r in rows]))
+            base = ' / '.join(f'{statistics.fmean(r["baseline_mae"][i] for r in rows):.4f}'
+                              for i in range(len(DIMS)))
+            loops = [r for r in rows if 'success' in r]
+            success = (f'{sum(r["success"] for r in loops)}/'
+                       f'{sum(r["closed_loop_episodes"] for r in loops)}' if loops else '')
+            samples = rows[0]['train_samples']
+            lines.append(f'| {budget} ({samples} samples) | {arm} | '
+                         f'{",".join(str(r["seed"]) for r in rows)} | {" | ".join(cells)} | '
+                         f'{base} | {success} |')
+    for objective, cost in costs.items():
+        lines.append(f'\npretraining `{objective}`: {cost["epochs"]} epochs, {cost["steps"]} '
+                     f'steps on {cost["frames"]} unlabeled frames, {cost["seconds_command"]:.0f}'
+                     ' s wall-clock (reading the bags included)')
     return '\n'.join(lines)
 
 

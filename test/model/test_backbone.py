@@ -42,6 +42,7 @@ def test_local_pretrained_directory_with_processor_config(tmp_path):
     cfg = tiny_config(backbone__pretrained=str(tmp_path)).backbone
     backbone, processor = build_backbone(cfg)
     assert processor['image_mean'] == [0.1, 0.2, 0.3]
+    assert processor['resample'] == 2  # not in the file: ViTImageProcessor's default
     loaded = backbone.hf_model.embeddings.patch_embeddings.projection.weight
     assert torch.equal(loaded, hf.embeddings.patch_embeddings.projection.weight)
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from vit_perception.config import PolicyConfig, tiny_config
 from vit_perception.model.backbone import build_backbone
 from vit_perception.model.checkpoint import load_checkpoint
+from vit_perception.model.policy import build_policy
 from vit_perception.model.pretraining import (
     EMACodebook,
     PixelMasker,
@@ -123,6 +124,29 @@ def test_codebook_usage_counts_codes_and_perplexity():
 
 # ------------------------------------------------------------------------ end to end ---
 
+def test_output_carries_the_frames_preprocessing(bags, tmp_path):
+    """preprocessor_config.json: an HF processor that preprocesses like the recipe, which
+    `train --pretrained` (build_policy) then uses whatever its own recipe says."""
+    recipe = dict(TINY, preprocess={'size': [40, 40], 'crop_size': [32, 32],
+                                    'mean': [0.4, 0.45, 0.5], 'std': [0.2, 0.25, 0.3],
+                                    'resample': 'bicubic'})
+    config_file = tmp_path / 'recipe.json'
+    config_file.write_text(json.dumps(recipe))
+    out = tmp_path / 'ssl'
+    assert pretrain_cli(bags, out, config_file, '--epochs', '1') == 0
+    written = json.loads((out / 'preprocessor_config.json').read_text())
+    assert written['crop_size'] == {'height': 32, 'width': 32} and written['resample'] == 3
+    expected = PolicyConfig.from_dict(recipe).preprocess
+    config = PolicyConfig.from_dict(TINY)  # another recipe's preprocessing...
+    config.backbone.pretrained = str(out)
+    build_policy(config)
+    assert config.preprocess.size == expected.size  # ...replaced by the pretrained one
+    assert config.preprocess.crop_size == expected.crop_size
+    assert config.preprocess.resample == 'bicubic'
+    assert config.preprocess.mean == pytest.approx(expected.mean)
+    assert config.preprocess.std == pytest.approx(expected.std)
+
+
 def test_simmim_output_is_an_hf_directory_that_train_loads(bags, config_file, tmp_path):
     out = tmp_path / 'ssl'
     assert pretrain_cli(bags, out, config_file, '--objective', 'simmim', '--epochs', '3',
@@ -143,6 +167,7 @@ def test_simmim_output_is_an_hf_directory_that_train_loads(bags, config_file, tm
                      '--pretrained', str(out), '--freeze-backbone', '--epochs', '1',
                      '--batch-size', '8']) == 0
     policy, _ = load_checkpoint(ckpt)
+    assert policy.config.preprocess == PolicyConfig.from_dict(TINY).preprocess
     state = policy.backbone.hf_model.state_dict()
     assert state.keys() <= pretrained.keys()  # the pooler was dropped
     assert all(torch.equal(v, pretrained[k]) for k, v in state.items())

@@ -184,6 +184,10 @@ _TYPE_DEFAULTS = {
                           3, True),
     'CLIPImageProcessor': ({'shortest_edge': 224}, {'height': 224, 'width': 224}, _OPENAI_CLIP,
                            3, True),
+    # BEiT / Data2Vec-vision (transformers 5: no centre crop by default), SigLIP, DPT
+    'BeitImageProcessor': ({'height': 224, 'width': 224}, None, _IMAGENET_STANDARD, 3, False),
+    'SiglipImageProcessor': ({'height': 224, 'width': 224}, None, _IMAGENET_STANDARD, 3, True),
+    'DPTImageProcessor': ({'height': 384, 'width': 384}, None, _IMAGENET_STANDARD, 3, False),
 }
 
 
@@ -223,6 +227,10 @@ def preprocess_config_from_hf(processor_config: dict) -> PreprocessConfig:
     if not get('do_resize', True):
         raise ConfigError('HF processor do_resize=false: expected a resize to a fixed size '
                           '(the model needs one input size)')
+    if get('keep_aspect_ratio') or get('do_pad') or get('ensure_multiple_of') not in (None, 1):
+        raise ConfigError('HF processor keep_aspect_ratio/ensure_multiple_of/do_pad (DPT): '
+                          'expected a resize to one fixed size; set them off in '
+                          'preprocessor_config.json')
     size, shortest_edge = _hw(get('size', size0), 'size', int_is_edge)
     crop_size: list[int] = []
     crop = get('crop_size', crop0)

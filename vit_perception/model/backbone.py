@@ -17,6 +17,7 @@ bias (`relative_bias.py`), which the adapter computes itself for the extended se
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -297,14 +298,51 @@ def _load_pretrained(name: str):
     except OSError as err:
         raise CheckpointError(f'cannot load backbone {name!r}: {str(err).splitlines()[0]} '
                               '(no network? give a local directory)') from None
-    processor_config = {}
-    try:
-        from transformers.image_processing_utils import ImageProcessingMixin
+    return model, _image_processor_config(name)
 
-        processor_config, _ = ImageProcessingMixin.get_image_processor_dict(name)
+
+def _image_processor_config(name: str) -> dict:
+    """The settings of the model's HF image processor, as transformers' own class fills them in
+    (its class defaults included: a `preprocessor_config.json` may omit size, resample, ...);
+    {} when the model has none (the recipe's preprocessing is kept)."""
+    import transformers
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    try:
+        ImageProcessingMixin.get_image_processor_dict(name)
     except (OSError, ValueError):
-        pass  # no preprocessor_config.json: keep the PreprocessConfig defaults
-    return model, processor_config
+        return {}  # no preprocessor_config.json
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(name, backend='pil')
+    except (OSError, ValueError, ImportError) as err:
+        raise CheckpointError(f'{name}: cannot read its preprocessor_config.json '
+                              f'({str(err).splitlines()[0]})') from None
+    return json.loads(processor.to_json_string())  # plain JSON types (lists, not tuples)
+
+
+def hf_image_processor(preprocess):
+    """The HF image processor (PIL backend) that preprocesses like `preprocess`, for writing a
+    `preprocessor_config.json` next to a model: ViT (resize), DeiT (resize + centre crop) or
+    BiT (shortest edge + centre crop)."""
+    import transformers
+
+    from vit_perception.core.preprocess import PIL_RESAMPLE
+
+    common = dict(resample={mode: code for code, mode in PIL_RESAMPLE.items()}[
+        preprocess.resample], image_mean=list(preprocess.mean), image_std=list(preprocess.std),
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True)
+    height, width = preprocess.size
+    crop = ({'height': preprocess.crop_size[0], 'width': preprocess.crop_size[1]}
+            if preprocess.crop_size else None)
+    if preprocess.shortest_edge:
+        return transformers.BitImageProcessorPil(
+            size={'shortest_edge': preprocess.shortest_edge}, crop_size=crop,
+            do_center_crop=True, **common)
+    if crop:
+        return transformers.DeiTImageProcessorPil(
+            size={'height': height, 'width': width}, crop_size=crop, do_center_crop=True,
+            **common)
+    return transformers.ViTImageProcessorPil(size={'height': height, 'width': width}, **common)
 
 
 def _remove_pooler(model: nn.Module) -> None:

@@ -13,8 +13,9 @@ the same recipe. Objectives (model/pretraining.py):
   backbone predicts the codes of masked patches, with BEiT v2's [CLS] aggregation head.
   Codebook usage is reported per tokenizer epoch (small datasets tend to collapse it).
 - `simmim`: no teacher; the backbone regresses the pixels of masked patches.
-`--out` is a Hugging Face model directory (config.json + model.safetensors) that `train
---pretrained` loads, plus `pretrain_report.json` and `pretrain_state/` (for `--resume`). Every
+`--out` is a Hugging Face model directory (config.json + model.safetensors +
+preprocessor_config.json: the frames' preprocessing) that `train --pretrained` loads, plus
+`pretrain_report.json` and `pretrain_state/` (for `--resume`). Every
 epoch is saved; masks and shuffling are seeded per epoch and the learning rate is a function of
 the step, so a resumed run equals an uninterrupted one.
 """
@@ -213,6 +214,7 @@ def pretrain(frames, config, options: PretrainOptions, out: Path, *, resume: dic
     from transformers.utils import logging as hf_logging
 
     from vit_perception.errors import CheckpointError
+    from vit_perception.model.backbone import hf_image_processor
     from vit_perception.model.pretraining import codebook_usage, random_patch_mask
     from vit_perception.tools.train import _deterministic, load_optimizer_state, lr_at
 
@@ -238,6 +240,8 @@ def pretrain(frames, config, options: PretrainOptions, out: Path, *, resume: dic
     started = time.perf_counter()
     optimizer, optimizer_phase = None, None
     out.mkdir(parents=True, exist_ok=True)
+    # the frames' preprocessing, so `train --pretrained out` (and a teacher) preprocess alike
+    hf_image_processor(config.preprocess).save_pretrained(out)
     for epoch in range(start_epoch, total_epochs):
         phase, first, last = next(s for s in schedule if s[1] <= epoch < s[2])
         trained = modules['tokenizer'] if phase == 'tokenizer' else modules[
