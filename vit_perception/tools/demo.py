@@ -31,6 +31,11 @@ from vit_perception.tools.harness import LOOPBACK_URI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--task', choices=['reach', 'aloha-transfer-cube'], default='reach',
+                        help='reach: the table-top arm (default); aloha-transfer-cube: the ALOHA '
+                        'bimanual cube transfer (ACT) with its shipped checkpoint')
+    parser.add_argument('--pictures', type=int, default=10,
+                        help='aloha-transfer-cube: pictures for the first N episodes (default 10)')
     parser.add_argument('--episodes', type=int, default=5, help='episodes to run (default 5)')
     parser.add_argument('--seed', type=int, default=1000,
                         help='episode i uses seed SEED + i (default 1000; the shipped checkpoint '
@@ -61,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f'--episodes {args.episodes}: expected >= 1')
-    checkpoint = _resolve_checkpoint(args.model)
+    aloha = args.task == 'aloha-transfer-cube'
+    if aloha:
+        from vit_perception.tools.aloha import demo as task
+    checkpoint = _resolve_checkpoint(args.model, task.DEFAULT_CHECKPOINT if aloha else None)
     report_dir = Path(args.report)
     if (report_dir / 'bags').exists():
         raise ConfigError(f'{report_dir}/bags exists: expected a new --report directory (bags '
@@ -75,11 +83,12 @@ def run(args: argparse.Namespace) -> int:
     python = sys.executable
     node_cmd = [python, '-m', 'vit_perception.tools.demo', 'node', '--model', str(checkpoint),
                 '--domain-id', str(domain), '--stats', str(report_dir / 'node_stats.json')]
-    for item in args.overrides:
+    for item in (task.node_overrides() if aloha else []) + args.overrides:
         node_cmd += ['--set', item]
     sim_cmd = [python, '-m', 'vit_perception.tools.cli', 'sim', '--episodes',
                str(args.episodes), '--seed', str(args.seed), '--domain-id', str(domain),
-               '--image-size', str(args.image_size), '--max-steps', str(args.max_steps),
+               '--image-size', str(args.image_size),
+               *(['--task', args.task] if aloha else ['--max-steps', str(args.max_steps)]),
                '--record', str(report_dir / 'bags'), '--report', str(report_dir / 'sim.json'),
                '--startup-timeout', str(max(60.0, min(args.timeout, 300.0)))]
     print(f'vit-perception demo: {args.episodes} episodes from seed {args.seed}, domain {domain}'
@@ -105,16 +114,17 @@ def run(args: argparse.Namespace) -> int:
     finally:
         children.stop_all()
     elapsed = time.monotonic() - started
-    summary = write_report(report_dir, checkpoint, args, domain, elapsed)
+    summary = (task.write_report if aloha else write_report)(report_dir, checkpoint, args,
+                                                              domain, elapsed)
     print(summary)
     return 0
 
 
-def _resolve_checkpoint(model: str) -> Path:
+def _resolve_checkpoint(model: str, default: Path | None = None) -> Path:
     from vit_perception.core.engine import DEFAULT_CHECKPOINT
     from vit_perception.errors import CheckpointError
 
-    path = Path(model) if model else DEFAULT_CHECKPOINT
+    path = Path(model) if model else (default or DEFAULT_CHECKPOINT)
     if not (path / 'model.safetensors').is_file():
         raise CheckpointError(f'{path}: no checkpoint there (config.json + model.safetensors + '
                               'normalization.json); regenerate the shipped one with '

@@ -87,6 +87,11 @@ class EpisodeStream:
             self.emit(topic, IMAGE, t,
                       self._rt.image_msg(t, frame, self.env.render(camera), 'rgb8'))
 
+    def resend(self, state: SimState) -> None:
+        """The newest pose and both images again (lock-step: an answer did not come)."""
+        self.pose(state.stamp_ns, state.ee_position, state.ee_orientation)
+        self.observation(state, poses=False)
+
     def action(self, topic: str, stamp_ns: int, action: np.ndarray,
                observation_stamp_ns: int | None = None) -> None:
         """An ActionChunk with horizon 1 (names = ACTION_NAMES, dt = control period)."""
