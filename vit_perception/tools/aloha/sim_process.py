@@ -37,6 +37,10 @@ from vit_perception.tools.sim.sim_process import (
 class AlohaSimLoop(SimLoop):
     """Transfer-cube episodes against `publish` (the transport) and `inbox` (the policy)."""
 
+    def __init__(self, env: AlohaEnv, publish, inbox, *, topics: AlohaTopics = AlohaTopics(),
+                 **options):
+        super().__init__(env, publish, inbox, topics=topics, **options)
+
     def make_expert(self) -> TransferCubeExpert:
         return TransferCubeExpert(self.env.task, self.env.control_dt)
 
