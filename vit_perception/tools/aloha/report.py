@@ -85,8 +85,8 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
     import logging
 
     from vit_perception.tools.aloha.command import rates
-    from vit_perception.tools.demo import _latency_row
     from vit_perception.tools.dataset import progress_bar
+    from vit_perception.tools.demo import _latency_row
 
     logging.getLogger('OpenGL').setLevel(logging.WARNING)
     sim = json.loads((report_dir / 'sim.json').read_text())
@@ -114,7 +114,7 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
         f'{count["lift"]}/{n} ({rate["lift_rate"]:.0%}), touch {count["touch"]}/{n} '
         f'({rate["touch_rate"]:.0%}). Rewards as in ACT: 1 touch (right gripper), 2 lift, '
         '3 left gripper touches, 4 transfer (left gripper holds it off the table).', '',
-        '| episode | seed | transfer | lift | touch | max reward | cube x, y (m) | missed actions |',
+        '| episode | seed | transfer | lift | touch | max reward | cube x, y (m) | missed |',
         '|---|---|---|---|---|---|---|---|']
     for e in episodes:
         yes = {True: 'yes', False: 'no'}

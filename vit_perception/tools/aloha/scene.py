@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import mujoco  # noqa: E402,I001  (after sim.scene: it chose the headless GL backend)
 import numpy as np
 
 from vit_perception.errors import ConfigError, SimError
 from vit_perception.tools.sim.scene import GL_BACKEND, NS_PER_S
-
-import mujoco  # noqa: E402,I001  (after sim.scene: it chose the headless GL backend)
 
 ASSETS = Path(__file__).resolve().parents[2] / 'data' / 'aloha'
 JOINT_XML = 'bimanual_viperx_transfer_cube.xml'

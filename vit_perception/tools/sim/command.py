@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 
-
 TASKS = ('reach', 'aloha-transfer-cube')
 
 
