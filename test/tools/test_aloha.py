@@ -267,3 +267,45 @@ def test_stream_publishes_samples_then_the_image():
                     ('/joint_states', JOINT_STATE, START_NS),
                     ('/camera/image_raw', IMAGE, START_NS)]
     assert AlohaTopics().action == '/vit_perception/action' and ACTION_CHUNK.endswith('Chunk')
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_run_aloha_sim_lockstep_over_dds_with_a_responding_node():
+    """The real transport: a DDS 'node' answers each image with the joint state it saw
+    (hold still); the sim waits for every answer; poses and joint states arrive at 50 Hz."""
+    import os
+    import threading
+
+    from vit_perception.drivers import dds
+    from vit_perception.tools.aloha.sim_process import run_aloha_sim
+
+    domain = 120 + (os.getpid() + 30) % 100
+    received = {'images': 0, 'left': 0, 'right': 0, 'joints': []}
+    with dds.DdsTransport(domain) as node:
+        pub = node.publisher('/vit_perception/action', ACTION_CHUNK, dds.DEFAULT)
+
+        def on_image(msg):
+            received['images'] += 1
+            stamp = ros_types.stamp_ns(msg.header.stamp)
+            if received['joints']:
+                targets = np.asarray(received['joints'][-1], np.float32)[None]  # (1, 14)
+                pub.publish(ros_types.action_chunk_msg(stamp, JOINT_NAMES, 0.1, targets, stamp))
+
+        def count(key):
+            return lambda msg: received.__setitem__(key, received[key] + 1)
+
+        node.subscribe('/camera/image_raw', IMAGE, dds.SENSOR_DATA, on_image)
+        node.subscribe('/left/ee_pose', 'geometry_msgs/msg/PoseStamped', dds.DEFAULT,
+                       count('left'))
+        node.subscribe('/right/ee_pose', 'geometry_msgs/msg/PoseStamped', dds.DEFAULT,
+                       count('right'))
+        node.subscribe('/joint_states', JOINT_STATE, dds.DEFAULT,
+                       lambda msg: received['joints'].append(list(msg.position)))
+        report = run_aloha_sim(domain, episodes=1, seed=1000, image_size=(48, 64),
+                               startup_timeout=60, stop=threading.Event(), log=lambda _: None)
+    (episode,) = report.episodes
+    assert episode.steps == 80 and episode.missed_actions == 0 and episode.max_reward == 0
+    assert report.actions_rejected == {}
+    assert received['images'] >= 81 and min(received['left'], received['right']) >= 5 * 80
+    assert len(received['joints'][-1]) == 14

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vit_perception.tools.aloha import record
+from vit_perception.tools.aloha.record import AlohaTopics
 from vit_perception.tools.aloha.report import write_report
 
-__all__ = ['DEFAULT_CHECKPOINT', 'node_overrides', 'write_report', 'JOINT_LIMITS']
+__all__ = ['DEFAULT_CHECKPOINT', 'JOINT_LIMITS', 'node_parameters', 'node_overrides',
+           'write_report']
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / 'data' / 'aloha_checkpoint'
 
@@ -19,8 +20,15 @@ ARM_LIMITS = [(-3.14158, 3.14158), (-1.85005, 1.25664), (-1.76278, 1.6057),
 JOINT_LIMITS = ARM_LIMITS * 2  # JOINT_NAMES order
 
 
-def node_overrides() -> list[str]:
-    """Node parameters: the sim's topics, and the joint limits as the node's action clamp."""
-    return [*record.node_overrides(),
-            f'safety.action_min={json.dumps([lo for lo, _ in JOINT_LIMITS])}',
-            f'safety.action_max={json.dumps([hi for _, hi in JOINT_LIMITS])}']
+def node_parameters(topics: AlohaTopics = AlohaTopics()) -> dict[str, object]:
+    """Node parameters (dotted) for the ALOHA sim: its topics, and the joint limits as the
+    node's action clamp (the one place limits are enforced)."""
+    return {'topics.cameras': [topics.image], 'topics.poses': list(topics.poses),
+            'topics.joint_states': topics.joint_states,
+            'safety.action_min': [lo for lo, _ in JOINT_LIMITS],
+            'safety.action_max': [hi for _, hi in JOINT_LIMITS]}
+
+
+def node_overrides(topics: AlohaTopics = AlohaTopics()) -> list[str]:
+    """node_parameters as `--set key=value` items (values JSON, which YAML reads)."""
+    return [f'{key}={json.dumps(value)}' for key, value in node_parameters(topics).items()]

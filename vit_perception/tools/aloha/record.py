@@ -60,13 +60,6 @@ class AlohaTopics:
     image_frame: str = CAMERA
 
 
-def node_overrides(topics: AlohaTopics = AlohaTopics()) -> list[str]:
-    """`--set` items that point a vit_perception node at this sim's topics."""
-    return [f'topics.cameras={json.dumps([topics.image])}',
-            f'topics.poses={json.dumps(list(topics.poses))}',
-            f'topics.joint_states={topics.joint_states}']
-
-
 def joint_state_msg(stamp_ns: int, names, positions: np.ndarray):
     """sensor_msgs/msg/JointState with positions only."""
     from vit_perception.drivers import ros_types

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import mujoco  # noqa: E402,I001  (after sim.scene: it chose the headless GL backend)
 import numpy as np
 
 from vit_perception.errors import ConfigError, SimError
-from vit_perception.tools.sim.scene import GL_BACKEND, NS_PER_S
+
+# mujoco as sim.scene imported it: after choosing the headless GL backend (MUJOCO_GL)
+from vit_perception.tools.sim.scene import GL_BACKEND, NS_PER_S, mujoco
 
 ASSETS = Path(__file__).resolve().parents[2] / 'data' / 'aloha'
 JOINT_XML = 'bimanual_viperx_transfer_cube.xml'
