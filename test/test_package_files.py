@@ -244,7 +244,8 @@ def bridge() -> dict[str, dict]:
 def test_bridge_feeds_the_node_its_default_topics():
     entries = bridge()
     assert entries['sensor_msgs/msg/Image']['ros_topic_name'] == DEFAULTS['topics.cameras'][0]
-    assert entries['geometry_msgs/msg/PoseStamped']['ros_topic_name'] == DEFAULTS['topics.pose']
+    pose_topic = entries['geometry_msgs/msg/PoseStamped']['ros_topic_name']
+    assert pose_topic == DEFAULTS['topics.poses'][0]
     assert entries['rosgraph_msgs/msg/Clock']['ros_topic_name'] == '/clock'
     for type_name in ('sensor_msgs/msg/Image', 'geometry_msgs/msg/PoseStamped',
                       'rosgraph_msgs/msg/Clock'):

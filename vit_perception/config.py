@@ -33,6 +33,8 @@ MAX_TOKENS_PER_CAMERA = 4096
 MAX_IMAGE_SIDE = 4096  # backbone.image_size, preprocess sizes
 MAX_CAMERAS = 16
 MAX_NAMES = 64  # action names, proprio names
+MAX_ARMS = 8
+POSE_FEATURES = 9  # per arm: position (3) + 6D rotation (6)
 MAX_LIST_LENGTH = 1024  # any list in a config
 NUMBER = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+')  # 1e9: a str to YAML 1.1
 
@@ -78,21 +80,31 @@ class BackboneConfig:
 
 @dataclass
 class PoseConfig:
-    """How the end-effector pose (+ optional proprio scalars) becomes tokens."""
+    """How the end-effector poses (+ optional proprio scalars) become tokens."""
 
-    # Number of pose tokens K added to the sequence.
+    # Number of pose tokens K per arm added to the sequence.
     num_tokens: int = 2
-    # Names of extra proprioceptive scalars appended to the pose (e.g. ['gripper']).
+    # One name per arm (one PoseStamped topic each, in this order); every arm's pose becomes K
+    # tokens of one shared tokenizer, tagged with a learned arm embedding when there are several.
+    arms: list[str] = field(default_factory=lambda: ['ee'])
+    # Joint names read from sensor_msgs/JointState.position (matched by name); the values are
+    # appended to the first arm's pose features (e.g. ['gripper']).
     proprio_names: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         _require_positive('pose.num_tokens', self.num_tokens, 256)
         _require_at_most('pose.proprio_names', len(self.proprio_names), MAX_NAMES)
+        if len(set(self.proprio_names)) != len(self.proprio_names):
+            raise ConfigError(f'pose.proprio_names has duplicates: {self.proprio_names}')
+        if (not self.arms or len(set(self.arms)) != len(self.arms)
+                or len(self.arms) > MAX_ARMS):
+            raise ConfigError(f'pose.arms={short_repr(self.arms)}: expected 1..{MAX_ARMS} '
+                              'unique names')
 
     @property
     def feature_dim(self) -> int:
-        """Position (3) + 6D rotation (6) + proprio scalars."""
-        return 9 + len(self.proprio_names)
+        """Per arm position (3) + 6D rotation (6), then the proprio scalars: 9 * arms + P."""
+        return POSE_FEATURES * len(self.arms) + len(self.proprio_names)
 
 
 @dataclass
@@ -365,9 +377,9 @@ def estimate_parameters(config: PolicyConfig) -> int:
     count = layers * per_layer + channels * patch * patch * hidden + (tokens + 2) * hidden
     if config.fusion.mode == 'late':
         count += config.fusion.late_layers * (12 * hidden * hidden + 13 * hidden)
-    pose_dim = config.pose.feature_dim
+    pose_dim = POSE_FEATURES + len(config.pose.proprio_names)  # one tokenizer, shared by arms
     count += pose_dim * hidden + hidden * hidden * config.pose.num_tokens
-    count += (len(config.cameras) + config.pose.num_tokens) * hidden
+    count += (len(config.cameras) + config.pose.num_tokens + len(config.pose.arms)) * hidden
     outputs = config.actions.horizon * len(config.actions.names)
     count += hidden * config.embedding.dim + hidden * hidden + hidden * outputs
     return int(count)
@@ -454,7 +466,12 @@ class TopicsConfig:
     cameras: list[str] = field(default_factory=lambda: ['/camera/image_raw'])
     # Per camera: 'raw' (sensor_msgs/Image) or 'compressed' (sensor_msgs/CompressedImage).
     camera_transports: list[str] = field(default_factory=lambda: ['raw'])
-    pose: str = '/ee_pose'
+    # One geometry_msgs/PoseStamped topic per arm, in the order of the checkpoint's pose.arms.
+    poses: list[str] = field(default_factory=lambda: ['/ee_pose'])
+    # One-arm shorthand kept for existing configs: pose: X means poses: [X].
+    pose: str = ''
+    # sensor_msgs/JointState; subscribed only when the checkpoint has pose.proprio_names.
+    joint_states: str = '/joint_states'
     embedding: str = '/vit_perception/embedding'
     action_chunk: str = '/vit_perception/action_chunk'
     action: str = '/vit_perception/action'
@@ -475,6 +492,14 @@ class TopicsConfig:
             if transport not in CAMERA_TRANSPORTS:
                 raise ConfigError(f'topics.camera_transports: {short_repr(transport)} is not '
                                   f'one of {CAMERA_TRANSPORTS}')
+        if self.pose:
+            if self.poses not in (['/ee_pose'], [self.pose]):
+                raise ConfigError(f'topics.pose={self.pose!r} and topics.poses={self.poses}: '
+                                  'give one of them (topics.pose is the one-arm shorthand)')
+            self.poses, self.pose = [self.pose], ''
+        if not self.poses or len(self.poses) > MAX_ARMS:
+            raise ConfigError(f'topics.poses has {len(self.poses)} topics: give one '
+                              f'PoseStamped topic per arm (1..{MAX_ARMS})')
 
 
 POSE_SOURCES = ('topic', 'tf')
@@ -484,7 +509,8 @@ POSE_SOURCES = ('topic', 'tf')
 class PoseInputConfig:
     """Where the end-effector pose comes from."""
 
-    # 'topic': PoseStamped on topics.pose; 'tf' (rclpy only): tf_base_frame -> tf_ee_frame.
+    # 'topic': PoseStamped on topics.poses; 'tf' (rclpy only, one arm): tf_base_frame ->
+    # tf_ee_frame.
     source: str = 'topic'
     tf_base_frame: str = 'base_link'
     tf_ee_frame: str = 'tool0'
@@ -504,6 +530,7 @@ class QosConfig:
 
     image_reliability: str = 'best_effort'
     image_depth: int = 5
+    # Every pose topic and the joint states.
     pose_reliability: str = 'reliable'
     pose_depth: int = 10
     output_reliability: str = 'reliable'
@@ -522,9 +549,10 @@ class QosConfig:
 class SyncConfig:
     """Pairing images with poses, and the staleness checks."""
 
-    # Seconds of pose history kept for interpolation.
+    # Seconds of pose (and joint-state) history kept for interpolation.
     pose_history: float = 2.0
-    # Max distance (s) from the image stamp to the nearest pose sample used to interpolate it.
+    # Max distance (s) from the image stamp to the nearest pose sample used to interpolate it
+    # (every arm's, and the joint states').
     max_pose_skew: float = 0.05
     # Max spread (s) of image stamps grouped into one multi-camera observation.
     camera_tolerance: float = 0.02
@@ -618,6 +646,9 @@ class NodeConfig:
             raise ConfigError(f'diagnostics_period={self.diagnostics_period}: expected '
                               f'0.01..{MAX_PERIOD_S:g} s')
         _require_positive('log_throttle', self.log_throttle, MAX_PERIOD_S)
+        if self.pose_input.source == 'tf' and len(self.topics.poses) > 1:
+            raise ConfigError(f'pose_input.source tf reads one arm; topics.poses has '
+                              f'{len(self.topics.poses)}: use pose_input.source topic')
         if not -1 <= self.domain_id <= 232:
             raise ConfigError(f'domain_id={self.domain_id}: expected -1 (ROS_DOMAIN_ID or 0) '
                               'or 0..232')

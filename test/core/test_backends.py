@@ -1,5 +1,6 @@
 """engine.backend: ONNX export + cache, OpenVINO / ONNX Runtime parity with torch, `auto`."""
 
+import copy
 import logging
 
 import numpy as np
@@ -37,7 +38,7 @@ def observation(position=(0.4, 0.0, 0.3), stamp_ns=123, seed=0):
                        width=64, encoding='rgb8', step=64 * 3)
     pose = PoseSample(stamp_ns, 'base', np.array(position, dtype=float),
                       np.array([0.1, 0.0, 0.2, 0.97]))
-    return Observation(stamp_ns=stamp_ns, frames=(frame,), pose=pose, proprio=np.array([0.02]))
+    return Observation(stamp_ns=stamp_ns, frames=(frame,), poses=(pose,), proprio=np.array([0.02]))
 
 
 @pytest.fixture(scope='module')
@@ -69,16 +70,41 @@ def test_fp32_runtime_matches_torch(backend, mode, cache_dir):
 @pytest.mark.parametrize('backend', RUNTIMES)
 def test_late_fusion_refresh_from_cached_tokens_matches_torch(backend, cache_dir):
     reference, runtime = engine('late'), engine('late', backend, cache=cache_dir)
-    assert runtime.refresh(observation().pose) is None  # warm-up leaves no cache
+    assert runtime.refresh(observation().poses) is None  # warm-up leaves no cache
     first = runtime.infer(observation())
     reference.infer(observation())
     moved = observation(position=(0.5, 0.1, 0.2))
-    refreshed = runtime.refresh(moved.pose, moved.proprio, observation_stamp_ns=123)
-    np.testing.assert_allclose(refreshed, reference.refresh(moved.pose, moved.proprio),
+    refreshed = runtime.refresh(moved.poses, moved.proprio, observation_stamp_ns=123)
+    np.testing.assert_allclose(refreshed, reference.refresh(moved.poses, moved.proprio),
                                atol=FP32_ATOL)
     np.testing.assert_allclose(refreshed, reference.infer(moved).chunk, atol=FP32_ATOL)
     assert np.abs(refreshed - first.chunk).max() > 1e-4  # the pose changed the chunk
-    assert runtime.refresh(moved.pose, moved.proprio, observation_stamp_ns=999) is None
+    assert runtime.refresh(moved.poses, moved.proprio, observation_stamp_ns=999) is None
+
+
+@pytest.mark.parametrize('mode', ['early', 'late'])
+@pytest.mark.parametrize('backend', RUNTIMES)
+def test_two_arm_graphs_with_joints_match_torch(backend, mode, cache_dir):
+    """Graph inputs (1, 9 * arms + P): every arm's pose, then the joint positions."""
+    torch.manual_seed(0)
+    policy = build_policy(tiny_config(fusion__mode=mode, pose__arms=['left', 'right'],
+                                      pose__proprio_names=['j0', 'j1'])).eval()
+    policy.set_normalization({**STATS, 'pose_mean': [0.3] * 20, 'pose_std': [0.5] * 20})
+    reference, runtime = (Engine(copy.deepcopy(policy), device='cpu', dtype='fp32',
+                                 warmup_iters=1, backend=name, cache_dir=cache_dir)
+                          for name in ('torch', backend))
+    base = observation()
+    poses = (base.pose, PoseSample(123, 'base', np.array([-0.3, 0.2, 0.1]),
+                                   np.array([0.0, 0.0, 0.6, 0.8]), 1))
+    obs = Observation(stamp_ns=123, frames=base.frames, poses=poses, proprio=np.array([0.5, -1]))
+    want, got = reference.infer(obs), runtime.infer(obs)
+    np.testing.assert_allclose(got.chunk, want.chunk, atol=FP32_ATOL)
+    np.testing.assert_allclose(got.embedding, want.embedding, atol=FP32_ATOL)
+    if mode == 'late':
+        moved = (poses[0], PoseSample(130, 'base', np.array([0.1, 0.2, 0.1]), poses[1].orientation,
+                                      1))
+        np.testing.assert_allclose(runtime.refresh(moved, obs.proprio),
+                                   reference.refresh(moved, obs.proprio), atol=FP32_ATOL)
 
 
 @pytest.mark.parametrize('backend', RUNTIMES)

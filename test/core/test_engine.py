@@ -32,7 +32,7 @@ def frame(camera=0, seed=0, height=48, width=64, stamp_ns=123):
 def observation(frames, position=(0.4, 0.0, 0.3), quat=(0.0, 0.0, 0.0, 1.0), proprio=()):
     pose = PoseSample(frames[0].stamp_ns, 'base', np.array(position, dtype=float),
                       np.array(quat, dtype=float))
-    return Observation(stamp_ns=frames[0].stamp_ns, frames=tuple(frames), pose=pose,
+    return Observation(stamp_ns=frames[0].stamp_ns, frames=tuple(frames), poses=(pose,),
                        proprio=np.array(proprio, dtype=float))
 
 
@@ -100,10 +100,10 @@ def test_bf16_engine_stays_close_to_fp32():
 def test_late_fusion_refresh_uses_cached_image_tokens():
     engine = Engine(make_policy(fusion__mode='late'), device='cpu', dtype='fp32',
                     warmup_iters=1)
-    assert engine.refresh(observation([frame()]).pose) is None  # warm-up clears the cache
+    assert engine.refresh(observation([frame()]).poses) is None  # warm-up clears the cache
     first = engine.infer(observation([frame()]))
     moved = observation([frame()], position=(0.5, 0.1, 0.2))
-    refreshed = engine.refresh(moved.pose)
+    refreshed = engine.refresh(moved.poses)
     full = engine.infer(moved)
     np.testing.assert_allclose(refreshed, full.chunk, atol=1e-5)  # same image, new pose
     assert np.abs(refreshed - first.chunk).max() > 1e-5
@@ -112,7 +112,7 @@ def test_late_fusion_refresh_uses_cached_image_tokens():
 def test_early_fusion_has_no_refresh():
     engine = Engine(make_policy(), device='cpu', dtype='fp32', warmup_iters=0)
     engine.infer(observation([frame()]))
-    assert engine.refresh(observation([frame()]).pose) is None
+    assert engine.refresh(observation([frame()]).poses) is None
 
 
 def test_multi_camera_frames_of_different_sizes():
@@ -186,3 +186,48 @@ def test_cuda_engine_matches_cpu():
     cpu = Engine(make_policy(), device='cpu', dtype='fp32', warmup_iters=0).infer(obs)
     gpu = Engine(make_policy(), device='cuda', dtype='fp32', warmup_iters=1).infer(obs)
     np.testing.assert_allclose(cpu.chunk, gpu.chunk, atol=1e-3)
+
+
+def test_two_arm_engine_with_joints_equals_the_policy_computed_directly():
+    torch.manual_seed(0)
+    policy = build_policy(tiny_config(pose__arms=['left', 'right'],
+                                      pose__proprio_names=['j0', 'j1'])).eval()
+    policy.set_normalization({'pose_mean': [0.1] * 20, 'pose_std': [0.5] * 20,
+                              'action_mean': [0.1] * 7, 'action_std': [0.2] * 7})
+    engine = Engine(policy, device='cpu', dtype='fp32', warmup_iters=1)
+    img = frame()
+    poses = (PoseSample(123, 'base', np.array([0.4, 0.0, 0.3]), np.array([0.0, 0, 0, 1.0]), 0),
+             PoseSample(123, 'base', np.array([-0.4, 0.1, 0.2]), np.array([0.0, 0, 0.6, 0.8]),
+                        1))
+    obs = Observation(stamp_ns=123, frames=(img,), poses=poses, proprio=np.array([0.3, -0.2]))
+    result = engine.infer(obs)
+    pixels = engine.preprocessor([image_to_array(img)]).float()[None]
+    with torch.no_grad():
+        _, chunk = policy(pixels, torch.tensor([[[0.4, 0.0, 0.3], [-0.4, 0.1, 0.2]]]),
+                          torch.tensor([[[0.0, 0, 0, 1], [0.0, 0, 0.6, 0.8]]]),
+                          torch.tensor([[0.3, -0.2]]))
+    np.testing.assert_allclose(result.chunk, policy.actions_from_normalized(chunk)[0].numpy(),
+                               rtol=0, atol=1e-6)
+    with pytest.raises(PoseError, match='one per arm'):
+        engine.infer(Observation(stamp_ns=123, frames=(img,), poses=poses[:1],
+                                 proprio=np.array([0.3, -0.2])))
+
+
+def test_shipped_checkpoint_gives_the_outputs_it_gave_before_arms_existed():
+    """Values computed by 77ce0b4 (one arm, before pose.arms) on this fixed input, CPU fp32."""
+    engine = Engine.from_checkpoint('', device='cpu', dtype='fp32', warmup_iters=0)
+    assert engine.config.pose.arms == ['ee'] and not hasattr(engine.policy.pose_tokenizer,
+                                                             'arm_embed')
+    pixels = (np.arange(96 * 96 * 3) % 251).astype(np.uint8).reshape(96, 96, 3)
+    img = ImageFrame(stamp_ns=1, frame_id='cam', data=pixels.tobytes(), height=96, width=96,
+                     encoding='rgb8', step=96 * 3)
+    pose = PoseSample(1, 'base', np.array([0.45, -0.05, 0.25]), np.array([0.0, 0, 0, 1.0]))
+    result = engine.infer(Observation(stamp_ns=1, frames=(img,), poses=(pose,)))
+    np.testing.assert_allclose(result.chunk[0, :3], [0.04271978139877319, 0.03285110369324684,
+                                                     -0.034494999796152115], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.chunk[-1, :3], [0.006214274559170008,
+                                                      -0.0035623828880488873,
+                                                      -0.0406583771109581], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.embedding[:4], [-0.13296496868133545, -0.06261426955461502,
+                                                      -0.3342858552932739, -0.014453575946390629],
+                               rtol=0, atol=1e-6)

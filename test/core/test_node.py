@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from vit_perception.config import NodeConfig
+from vit_perception.config import NodeConfig, PolicyConfig, PoseConfig
 from vit_perception.core.node import ERROR, OK, WARN, PerceptionCore, non_finite
-from vit_perception.core.types import ActionChunkResult, ImageFrame, PoseSample
+from vit_perception.core.types import ActionChunkResult, ImageFrame, JointSample, PoseSample
 from vit_perception.errors import ConfigError, ImageError, PoseError
 
 MS = 1_000_000
@@ -56,9 +56,10 @@ class FakeEngine:
                                  np.asarray(chunk, dtype=np.float32),
                                  {'preprocess': 1.0, 'model': 2.0})
 
-    def refresh(self, pose, proprio=None, observation_stamp_ns=None):
+    def refresh(self, poses, proprio=None, observation_stamp_ns=None):
         if self.fusion != 'late':
             return None
+        pose = poses[0]
         self.refreshed.append(pose)
         return (pose.position[None, :] + 100.0 + np.arange(self.horizon)[:, None]).astype(
             np.float32)  # (H, 3)
@@ -613,3 +614,53 @@ def test_run_pending_refused_while_worker_runs_and_stop_is_idempotent():
         core.stop()
     core.stop()
     assert core.run_pending() is False
+
+
+class TwoArmEngine(FakeEngine):
+    """Two arms + two joints: chunk[i] = [arm 0 x, arm 1 x, joint 0] + i."""
+
+    def __init__(self, fusion='early'):
+        super().__init__(fusion)
+        self.config = PolicyConfig(pose=PoseConfig(arms=['left', 'right'],
+                                                   proprio_names=['j0', 'j1']))
+
+    def infer(self, obs):
+        self.inferred.append(obs)
+        row = np.array([obs.poses[0].position[0], obs.poses[1].position[0], obs.proprio[0]])
+        return ActionChunkResult(obs.stamp_ns, row.astype(np.float32),
+                                 (row[None, :] + np.arange(self.horizon)[:, None]).astype(
+                                     np.float32), {'model': 1.0})
+
+
+def arm_pose(t_ns, arm, x):
+    return PoseSample(t_ns, 'base', np.array([x, 0.0, 0.0]), IDENTITY.copy(), arm)
+
+
+def test_two_arms_and_joint_states_make_one_observation_at_the_image_stamp():
+    core, engine, out, clock = make(engine=TwoArmEngine(), topics__poses=['/l', '/r'])
+    assert core.proprio_names == ['j0', 'j1']
+    clock.now = T0 + 20 * MS
+    for arm, x0, x1 in ((0, 0.0, 1.0), (1, 2.0, 4.0)):
+        core.on_pose(arm_pose(T0 - 10 * MS, arm, x0))
+        core.on_pose(arm_pose(T0 + 10 * MS, arm, x1))
+    core.on_image(image(T0))
+    assert not core.run_pending()  # the joint states have not arrived: no observation
+    assert core.tick() is None and 'no joint state received yet' in core._suppressed
+    core.on_joints(JointSample(T0 - 20 * MS, np.array([0.0, 5.0])))
+    core.on_joints(JointSample(T0 + 20 * MS, np.array([2.0, 5.0])))
+    assert core.run_pending()
+    (obs,) = engine.inferred
+    assert [p.position[0] for p in obs.poses] == pytest.approx([0.5, 3.0])  # interpolated
+    assert obs.proprio == pytest.approx([1.0, 5.0])
+    assert out.chunks[0].chunk[0] == pytest.approx([0.5, 3.0, 1.0])
+    values = core.publish_diagnostics().values
+    assert {k: values[k] for k in ('age.pose0_s', 'age.pose1_s', 'age.joint_states_s')} == {
+        'age.pose0_s': '0.010', 'age.pose1_s': '0.010', 'age.joint_states_s': '0.000'}
+    assert 'rate.joint_states_hz' in values and 'rate.pose1_hz' in values
+
+
+def test_arm_count_must_match_the_pose_topics_and_tf_reads_one_arm():
+    with pytest.raises(ConfigError, match='topics.poses has 1 topics but the model expects 2'):
+        make(engine=TwoArmEngine())
+    with pytest.raises(ConfigError, match='pose_input.source tf reads one arm'):
+        make(engine=TwoArmEngine(), pose_input__source='tf')

@@ -65,7 +65,7 @@ def test_core_publishes_exactly_what_the_engine_computes():
     assert frame_id == 'camera_optical'
     assert out.chunks[0].observation_stamp_ns == t0
     # The same observation, pose interpolated half-way (x = 0.41), straight into the engine.
-    expected = engine.infer(Observation(stamp_ns=t0, frames=(image(t0),), pose=pose(t0, 0.41)))
+    expected = engine.infer(Observation(stamp_ns=t0, frames=(image(t0),), poses=(pose(t0, 0.41),)))
     np.testing.assert_allclose(out.chunks[0].chunk, expected.chunk, atol=1e-6)
     np.testing.assert_allclose(result.embedding, expected.embedding, atol=1e-6)
     # Tick at the observation time: the action is chunk step 0, clamped to [-1, 1].
@@ -94,7 +94,7 @@ def test_late_fusion_tick_refreshes_with_the_newest_pose():
     clock['now'] = t0 + 40_000_000
     core.on_pose(newer)
     action = core.tick()
-    refreshed = engine.refresh(newer, observation_stamp_ns=t0)
+    refreshed = engine.refresh((newer,), observation_stamp_ns=t0)
     assert refreshed is not None
     # One chunk, step 0 still in effect at t0 + 40 ms (dt 0.1 s): the action is the refreshed
     # step 0, which differs from the chunk computed with the older pose.

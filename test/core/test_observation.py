@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from vit_perception.config import SyncConfig
 from vit_perception.core.observation import ObservationBuilder, slerp
-from vit_perception.core.types import ImageFrame, PoseSample
+from vit_perception.core.types import ImageFrame, JointSample, PoseSample
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -300,17 +300,74 @@ def test_clock_jump_backwards_resets_history():
     assert b.check_clock(T0 - 10 * S + MS) is False
 
 
-def test_proprio_attached_to_observations():
-    b = builder()
-    b.add_pose(pose(T0), T0)
+def arm_pose(t_ns, arm, position=(0.0, 0.0, 0.0), quat=IDENTITY):
+    return PoseSample(t_ns, 'base', np.array(position, dtype=float), np.array(quat, dtype=float),
+                      arm)
+
+
+def joints(t_ns, *values):
+    return JointSample(t_ns, np.array(values, dtype=float))
+
+
+def test_two_arms_and_joint_states_interpolated_to_the_image_stamp():
+    b = ObservationBuilder(SyncConfig(), num_arms=2, num_joints=2)
+    b.add_pose(arm_pose(T0, 0, (0.0, 0.0, 0.0)), T0)
+    b.add_pose(arm_pose(T0, 1, (1.0, 0.0, 0.0), quat_z(0)), T0)
+    b.add_joints(joints(T0, 0.0, 1.0), T0)
+    b.add_image(image(T0 + 10 * MS), T0 + 10 * MS)  # newer than every sample: waits
+    b.add_pose(arm_pose(T0 + 20 * MS, 0, (0.2, 0.0, 0.0)), T0 + 20 * MS)
+    b.add_pose(arm_pose(T0 + 40 * MS, 1, (2.0, 0.0, 0.0), quat_z(90)), T0 + 40 * MS)
+    assert not b.has_ready()  # the joint states have nothing after the image yet
+    b.add_joints(joints(T0 + 30 * MS, 0.3, -2.0), T0 + 30 * MS)
+    obs = b.take(T0 + 30 * MS)
+    assert obs.stamp_ns == T0 + 10 * MS and [p.arm for p in obs.poses] == [0, 1]
+    assert obs.poses[0].position == pytest.approx([0.1, 0.0, 0.0])  # halfway
+    assert obs.poses[1].position == pytest.approx([1.25, 0.0, 0.0])  # a quarter of the way
+    assert obs.poses[1].orientation == pytest.approx(quat_z(22.5), abs=1e-12)
+    assert obs.proprio == pytest.approx([0.1, 0.0])  # a third of the way
+    assert obs.pose_skew_ns == 10 * MS and obs.pose is obs.poses[0]
+    assert b.drops.counts() == {}
+
+
+def test_an_observation_lacking_an_arm_or_the_joint_states_is_dropped():
+    b = ObservationBuilder(SyncConfig(max_pose_skew=0.05), num_arms=2, num_joints=1)
+    b.add_pose(arm_pose(T0, 0), T0)
+    b.add_joints(joints(T0, 0.5), T0)
     b.add_image(image(T0), T0)
-    assert b.take(T0).proprio.size == 0
-    assert b.set_proprio([0.5, 0.25], T0)
-    assert not b.set_proprio([np.nan], T0)
-    assert not b.set_proprio(['x'], T0)
-    b.add_image(image(T0 + MS), T0 + MS)
-    assert b.take(T0 + 60 * MS).proprio.tolist() == [0.5, 0.25]  # held pose after the wait
-    assert b.drops.counts() == {'proprio_nonfinite': 1, 'proprio_malformed': 1}
+    assert b.take(T0 + 60 * MS) is None  # arm 1 never came
+    assert b.drops.counts() == {'no_pose': 1}
+    b.add_pose(arm_pose(T0 + 100 * MS, 1), T0 + 100 * MS)
+    b.add_pose(arm_pose(T0 + 100 * MS, 0), T0 + 100 * MS)
+    b.add_image(image(T0 + 100 * MS), T0 + 100 * MS)
+    assert b.take(T0 + 160 * MS) is None  # the joint states are 100 ms old > 50 ms
+    assert b.drops.counts() == {'no_pose': 1, 'joint_state_skew': 1}
+    b.add_joints(joints(T0 + 200 * MS, 0.7), T0 + 200 * MS)
+    b.add_pose(arm_pose(T0 + 200 * MS, 0), T0 + 200 * MS)
+    b.add_pose(arm_pose(T0 + 200 * MS, 1), T0 + 200 * MS)
+    b.add_image(image(T0 + 200 * MS), T0 + 200 * MS)
+    assert b.take(T0 + 200 * MS).proprio.tolist() == [0.7]  # all inputs present: one obs
+
+
+def test_malformed_joint_states_and_arm_indices_are_dropped_by_reason():
+    b = ObservationBuilder(SyncConfig(), num_arms=2, num_joints=2)
+    assert b.add_joints(joints(T0, 0.1, 0.2), T0)
+    assert not b.add_joints(joints(T0 + MS, np.nan, 0.2), T0 + MS)
+    assert not b.add_joints(joints(T0 + MS, 0.1), T0 + MS)
+    assert not b.add_joints(JointSample(T0 + MS, ['x', 'y']), T0 + MS)
+    assert not b.add_joints(joints(T0, 0.1, 0.2), T0)
+    assert not b.add_joints(joints(T0 - MS, 0.1, 0.2), T0)
+    assert not b.add_joints(joints(0, 0.1, 0.2), T0)
+    assert not b.add_joints(joints(T0 + S, 0.1, 0.2), T0)
+    assert not b.add_pose(arm_pose(T0, 2), T0)
+    assert not b.add_pose(arm_pose(T0, True), T0)
+    assert b.add_pose(arm_pose(T0, 1), T0) and b.newest_pose(0) is None
+    assert b.drops.counts() == {
+        'joint_state_nonfinite': 1, 'joint_state_malformed': 2, 'joint_state_duplicate': 1,
+        'joint_state_out_of_order': 1, 'joint_state_zero_stamp': 1, 'joint_state_future': 1,
+        'pose_bad_arm': 2}
+    one_arm = builder()
+    assert not one_arm.add_joints(joints(T0, 0.1), T0)  # the checkpoint reads no joints
+    assert one_arm.drops.counts() == {'joint_state_unused': 1}
 
 
 def test_on_drop_hook_gets_reason_and_one_line_detail():

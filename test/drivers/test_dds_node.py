@@ -135,7 +135,7 @@ def test_node_turns_images_and_poses_into_ros_outputs(monkeypatch, fake_engine):
     with dds.DdsTransport(domain) as transport:
         out = Recorder(transport, config)
         images = transport.publisher(config.topics.cameras[0], rt.IMAGE, dds.SENSOR_DATA)
-        poses = transport.publisher(config.topics.pose, rt.POSE_STAMPED, dds.DEFAULT)
+        poses = transport.publisher(config.topics.poses[0], rt.POSE_STAMPED, dds.DEFAULT)
         node.start()
         try:
             assert images.wait_for_subscribers(1, timeout=30)
@@ -187,7 +187,7 @@ def test_node_turns_images_and_poses_into_ros_outputs(monkeypatch, fake_engine):
     assert diag.status[0].name == 'vit_perception: perception'
     assert _diag_value(diag, 'dds.domain_id') == str(domain)
     assert diag.status[0].hardware_id == 'vit_perception'
-    assert int(_diag_value(diag, f'rx.{config.topics.pose}')) >= 1
+    assert int(_diag_value(diag, f'rx.{config.topics.poses[0]}')) >= 1
     assert int(_diag_value(diag, f'rx.{config.topics.cameras[0]}')) >= len(image_stamps)
 
 

@@ -15,11 +15,10 @@ from vit_perception.core.types import ActionChunkResult
 from vit_perception.drivers import ros_types as rt
 from vit_perception.drivers.outputs import MessageOutputs, action_frame_id
 from vit_perception.drivers.routes import (
+    CORE_INPUTS,
     RouteInput,
     input_routes,
     received_values,
-    to_image,
-    to_pose,
 )
 from vit_perception.errors import ConfigError
 
@@ -37,13 +36,63 @@ def test_routes_follow_the_config_cameras_in_order_then_the_pose():
                          'camera_transports': ['raw', 'compressed'], 'pose': '/arm/pose'},
                  qos={'image_reliability': 'reliable', 'image_depth': 2, 'pose_depth': 7})
     routes = input_routes(cfg)
-    assert [(r.topic, r.msgtype, r.reliability, r.depth, r.bad_reason) for r in routes] == [
-        ('/a/image_raw', rt.IMAGE, 'reliable', 2, 'bad_image'),
-        ('/b/image_raw/compressed', rt.COMPRESSED_IMAGE, 'reliable', 2, 'bad_image'),
-        ('/arm/pose', rt.POSE_STAMPED, 'reliable', 7, 'bad_pose')]
-    assert [r.deliver for r in routes] == [to_image, to_image, to_pose]
+    assert [(r.topic, r.msgtype, r.reliability, r.depth, r.kind, r.bad_reason)
+            for r in routes] == [
+        ('/a/image_raw', rt.IMAGE, 'reliable', 2, 'image', 'bad_image'),
+        ('/b/image_raw/compressed', rt.COMPRESSED_IMAGE, 'reliable', 2, 'image', 'bad_image'),
+        ('/arm/pose', rt.POSE_STAMPED, 'reliable', 7, 'pose', 'bad_pose')]
+    assert {kind: CORE_INPUTS[kind] for kind in ('image', 'pose')} == {'image': 'on_image',
+                                                                       'pose': 'on_pose'}
     tf = config(pose_input={'source': 'tf'})
     assert [r.topic for r in input_routes(tf)] == ['/camera/image_raw']  # no pose topic
+
+
+def test_one_pose_route_per_arm_and_joint_states_only_with_proprio_names():
+    cfg = config(topics={'poses': ['/left/pose', '/right/pose'], 'joint_states': '/js'},
+                 qos={'pose_reliability': 'best_effort', 'pose_depth': 3})
+    assert [r.topic for r in input_routes(cfg)] == ['/camera/image_raw', '/left/pose',
+                                                    '/right/pose']
+    routes = input_routes(cfg, ['waist', 'gripper'])
+    assert [(r.topic, r.msgtype, r.reliability, r.depth, r.kind, r.bad_reason)
+            for r in routes[1:]] == [
+        ('/left/pose', rt.POSE_STAMPED, 'best_effort', 3, 'pose', 'bad_pose'),
+        ('/right/pose', rt.POSE_STAMPED, 'best_effort', 3, 'pose', 'bad_pose'),
+        ('/js', rt.JOINT_STATE, 'best_effort', 3, 'joints', 'bad_joint_state')]
+    with pytest.raises(ConfigError, match='topic /left/pose is used twice'):
+        input_routes(config(topics={'poses': ['/left/pose', '/left/pose']}))
+    with pytest.raises(ConfigError, match='topics.pose=.* and topics.poses'):
+        config(topics={'pose': '/a', 'poses': ['/b']})
+    assert config(topics={'pose': '/a'}).topics.poses == ['/a']  # the one-arm shorthand
+    with pytest.raises(ConfigError, match='pose_input.source tf reads one arm'):
+        config(topics={'poses': ['/l', '/r']}, pose_input={'source': 'tf'})
+
+
+def test_pose_routes_tag_the_arm_and_joint_states_are_read_by_name(recording_core):
+    cfg = config(topics={'poses': ['/left/pose', '/right/pose']})
+    inputs = [RouteInput(route, recording_core)
+              for route in input_routes(cfg, ['right_grip', 'left_waist'])]
+    inputs[2].on_cdr(rt.serialize(rt.pose_msg(5_000_000_000, 'world', [1.0, 2.0, 3.0],
+                                              [0.0, 0.0, 0.0, 1.0])))
+    assert [(p.arm, p.stamp_ns, p.frame_id) for p in recording_core.poses] == [
+        (1, 5_000_000_000, 'world')]
+    inputs[3].on_cdr(rt.serialize(rt.joint_state_msg(
+        6_000_000_001, ['left_waist', 'left_grip', 'right_grip'], [0.25, -1.0, 0.75])))
+    (joints,) = recording_core.joints
+    assert joints.stamp_ns == 6_000_000_001 and joints.positions.tolist() == [0.75, 0.25]
+    assert received_values(inputs)['rx./joint_states'] == '1' and recording_core.bad == []
+
+
+def test_malformed_joint_states_are_dropped_counted_and_never_delivered(recording_core):
+    route = RouteInput(input_routes(config(), ['a', 'b'])[-1], recording_core)
+    route.on_cdr(rt.serialize(rt.joint_state_msg(1, ['a'], [0.5])))  # 'b' missing
+    msg = rt.joint_state_msg(2, ['a', 'b'], [0.5])  # two names, one position
+    route.on_cdr(rt.serialize(msg))
+    route.on_cdr(b'\x00\x01\x00\x00\x07\x00')  # truncated CDR
+    assert recording_core.joints == [] and route.received == 3
+    assert [r for _, r, _ in recording_core.bad] == ['bad_joint_state', 'bad_joint_state',
+                                                     'decode_error']
+    assert "lacks the joints ['b']" in recording_core.bad[0][2]
+    assert '2 names and 1 positions' in recording_core.bad[1][2]
 
 
 def test_route_input_decodes_cdr_to_a_zero_copy_frame_and_counts(recording_core):

@@ -330,6 +330,65 @@ def test_node_publishes_embedding_chunk_action_and_diagnostics(rclpy_context, ti
 
 @rclpy_test
 @pytest.mark.filterwarnings('ignore::DeprecationWarning', 'ignore::UserWarning')
+def test_node_reads_two_arm_poses_and_joint_states_by_name(rclpy_context, tmp_path):
+    """Each arm's PoseStamped and the JointState are rows of the route table on rclpy too; a
+    JointState lacking a configured joint is dropped and counted."""
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import JointState
+
+    from vit_perception.config import tiny_config
+    from vit_perception.model.checkpoint import save_checkpoint
+    from vit_perception.model.policy import build_policy
+
+    checkpoint = str(save_checkpoint(build_policy(tiny_config(
+        pose__arms=['left', 'right'], pose__proprio_names=['j0', 'j1'])), tmp_path / 'two'))
+    topics = ['/left/ee_pose', '/right/ee_pose']
+    node = ros_node.PerceptionNode(parameter_overrides=tiny_parameters(checkpoint) + [
+        Parameter('topics.poses', value=topics), Parameter('diagnostics_period', value=0.2)])
+    probe = Probe(rclpy_context)  # the image (and a pose on /ee_pose, unused here)
+    arm_pubs = [probe.node.create_publisher(PoseStamped, topic, 10) for topic in topics]
+    joints_pub = probe.node.create_publisher(JointState, '/joint_states', 10)
+
+    def publish_arms_and_joints():
+        stamp = probe.node.get_clock().now().to_msg()
+        for pub in arm_pubs:
+            msg = PoseStamped()
+            msg.header.stamp = stamp
+            msg.pose.position.x, msg.pose.orientation.w = 0.3, 1.0
+            pub.publish(msg)
+        msg = JointState(name=['j1', 'j0'], position=[0.1, 0.2])
+        msg.header.stamp = stamp
+        joints_pub.publish(msg)
+        joints_pub.publish(JointState(name=['j0'], position=[0.2]))  # lacks j1: dropped
+
+    probe.node.create_timer(0.02, publish_arms_and_joints)
+    spinner = Spinner(node, probe.node)
+
+    def counted():
+        values = [{kv.key: kv.value for kv in d.status[0].values}
+                  for d in probe.received['diagnostics']]
+        return any(int(v.get('drops.bad_joint_state', 0)) > 0 for v in values)
+
+    try:
+        assert probe.wait_for('action_chunk', 'action')
+        deadline = time.monotonic() + 30
+        while not counted() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        probe.node.destroy_node()
+    assert counted()
+    values = {kv.key: kv.value for kv in probe.received['diagnostics'][-1].status[0].values}
+    assert int(values['rx./left/ee_pose']) > 0 and int(values['rx./right/ee_pose']) > 0
+    assert int(values['rx./joint_states']) > 0 and 'age.joint_states_s' in values
+    chunk = probe.received['action_chunk'][0]
+    assert ros_node.stamp_to_ns(chunk.observation_stamp) in probe.image_stamps
+
+
+@rclpy_test
+@pytest.mark.filterwarnings('ignore::DeprecationWarning', 'ignore::UserWarning')
 def test_node_publishes_each_action_as_a_twist_on_topics_twist(rclpy_context, tiny_checkpoint):
     from geometry_msgs.msg import TwistStamped
     from rclpy.parameter import Parameter

@@ -173,7 +173,7 @@ class Wire:
         self.send_images(stamp, raw, png)
         self.valid[stamp] = Observation(
             stamp, (rt.image_from_msg(raw, 0), rt.compressed_from_msg(png, 1)),
-            PoseSample(stamp, FRAME, POSITION, IDENTITY) if pose is None else pose)
+            (PoseSample(stamp, FRAME, POSITION, IDENTITY) if pose is None else pose,))
         assert harness.wait_for(lambda: stamp in self.recorder.observation_stamps(), timeout=20), \
             self.node.stderr()[-2000:]
         return stamp
@@ -374,8 +374,8 @@ def test_bad_poses_are_counted_logged_and_never_acted_on(wire, engine):
         quat = np.array([0.0, 0.6, 0.0, 0.8]) * 1.03
         pose = PoseSample(stamp, FRAME, np.array([0.2, -0.1, 0.5]), quat)
         wire.valid_case(pose=pose, stamp=stamp)
-        wire.valid[stamp] = Observation(stamp, wire.valid[stamp].frames, PoseSample(
-            stamp, FRAME, pose.position, quat / np.linalg.norm(quat)))
+        wire.valid[stamp] = Observation(stamp, wire.valid[stamp].frames, (PoseSample(
+            stamp, FRAME, pose.position, quat / np.linalg.norm(quat)),))
     finally:
         wire._paused.clear()
     assert {r: n for r, n in wire.drops().items() if r.startswith('pose')} == {

@@ -87,3 +87,52 @@ def test_actions_are_denormalized_with_stored_stats():
                               'action_mean': [1.0] * 7, 'action_std': [2.0] * 7})
     out = policy.actions_from_normalized(torch.ones(1, 4, 7))
     assert torch.equal(out, torch.full((1, 4, 7), 3.0))
+
+
+def two_arm_inputs(batch=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(batch, 1, 3, 32, 32, generator=gen)
+    position = torch.randn(batch, 2, 3, generator=gen)  # (B, arms, 3)
+    quat = IDENTITY.expand(batch, 2, 4)  # (B, arms, 4)
+    return pixels, position, quat, torch.randn(batch, 3, generator=gen)  # proprio (B, 3)
+
+
+@pytest.mark.parametrize('mode', ['early', 'late'])
+def test_two_arms_with_proprio_shapes_and_every_input_matters(mode):
+    torch.manual_seed(0)
+    policy = build_policy(tiny_config(fusion__mode=mode, pose__arms=['left', 'right'],
+                                      pose__num_tokens=2,
+                                      pose__proprio_names=['a', 'b', 'c'])).eval()
+    assert policy.config.pose.feature_dim == 2 * 9 + 3
+    pixels, position, quat, proprio = two_arm_inputs()
+    with torch.no_grad():
+        embedding, chunk = policy(pixels, position, quat, proprio)
+        assert embedding.shape == (2, 16) and chunk.shape == (2, 4, 7)
+        for arm in (0, 1):
+            moved = position.clone()
+            moved[:, arm] += 1.0
+            assert (policy(pixels, moved, quat, proprio)[1] - chunk).abs().max() > 1e-4
+        assert (policy(pixels, position, quat, proprio + 1.0)[1] - chunk).abs().max() > 1e-4
+        swapped = policy(pixels, position.flip(1), quat, proprio)[1]  # arms exchanged
+        assert (swapped - chunk).abs().max() > 1e-4
+
+
+def test_two_arm_early_fusion_sequence_and_late_refresh():
+    config = dict(pose__arms=['left', 'right'], pose__num_tokens=3, backbone__model_type='deit')
+    policy = build_policy(tiny_config(**config)).eval()
+    seen = {}
+
+    def record(module, args):
+        seen.setdefault('shape', args[0].shape)
+
+    handle = policy.backbone.layers[0].register_forward_pre_hook(record)
+    pixels, position, quat, _ = two_arm_inputs(batch=1)
+    with torch.no_grad():
+        policy(pixels, position, quat)
+    handle.remove()
+    assert seen['shape'] == (1, 2 + 2 * 3 + 16, 32)  # DeiT prefix 2 + arms * K + patches 16
+    late = build_policy(tiny_config(fusion__mode='late', pose__arms=['l', 'r'])).eval()
+    with torch.no_grad():
+        full = late.forward_features(pixels, position, quat)
+        refreshed = late.fuse(late.encode_images(pixels), late.pose_tokens(position, quat))
+    torch.testing.assert_close(full, refreshed, rtol=0, atol=1e-6)

@@ -14,8 +14,9 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from vit_perception.config import load_node_config, tiny_config
 from vit_perception.core.engine import Engine
-from vit_perception.core.types import ImageFrame, Observation, PoseSample
+from vit_perception.core.types import ActionChunkResult, ImageFrame, Observation, PoseSample
 from vit_perception.drivers import ros_types as rt
+from vit_perception.drivers.outputs import MessageOutputs
 from vit_perception.errors import BagError
 from vit_perception.model.checkpoint import save_checkpoint
 from vit_perception.model.policy import build_policy
@@ -106,7 +107,7 @@ def expected_observation(k):
                        step=96)
     pose = PoseSample(image_stamp(k), 'base', (position(5 * k) + position(5 * k + 1)) / 2,
                       np.array(IDENTITY))
-    return Observation(stamp_ns=image_stamp(k), frames=(frame,), pose=pose)
+    return Observation(stamp_ns=image_stamp(k), frames=(frame,), poses=(pose,))
 
 
 def read_outputs(path):
@@ -152,6 +153,50 @@ def test_outputs_equal_engine_on_observations_built_from_the_bag(tmp_path, check
         np.testing.assert_array_equal(data.chunk, expected.chunk)
     assert result.metrics['counts']['inferences'] == 8
     assert result.metrics['drops'] == {}
+
+
+def raw_outputs(path):
+    """{topic: [(log_ns, CDR bytes)]} of an output bag."""
+    out = {}
+    with Reader(path) as reader:
+        for connection, log_ns, raw in reader.messages():
+            out.setdefault(connection.topic, []).append((log_ns, bytes(raw)))
+    return out
+
+
+def test_output_bag_holds_the_bytes_the_live_nodes_publish(tmp_path, checkpoint,
+                                                           capturing_transport):
+    """Replay publishes through drivers/outputs.MessageOutputs: frame_id (the pose frame),
+    hardware_id (the node name), twist and diagnostics are what the DDS and rclpy nodes send."""
+    config = node_config(checkpoint, 'sync.pose_frame_id=base', 'topics.twist=/cmd_vel',
+                         'diagnostics_period=0.1')
+    replay.replay(episode_bag(tmp_path / 'in'), config, make_engine(checkpoint),
+                  tmp_path / 'out', diagnostics=True)
+    written = raw_outputs(tmp_path / 'out')
+    live = MessageOutputs(capturing_transport.make_publisher, config, make_engine(checkpoint),
+                          clock=lambda: 0)
+    topics = config.topics
+    for _, cdr in written[topics.action_chunk]:
+        data = rt.chunk_from_msg(rt.deserialize(cdr, rt.ACTION_CHUNK))
+        assert data.frame_id == 'base'
+        live.publish_chunk(ActionChunkResult(data.observation_stamp_ns, np.zeros(16), data.chunk))
+    for log_ns, cdr in written[topics.action]:
+        data = rt.chunk_from_msg(rt.deserialize(cdr, rt.ACTION_CHUNK))
+        live.publish_action(log_ns, data.chunk[0], data.observation_stamp_ns)
+    assert [c for _, c in written[topics.action_chunk]] == capturing_transport.sent(
+        topics.action_chunk)
+    assert [c for _, c in written[topics.action]] == capturing_transport.sent(topics.action)
+    assert len(written['/cmd_vel']) == len(written[topics.action]) > 10
+    for (_, ours), theirs in zip(written['/cmd_vel'], capturing_transport.sent('/cmd_vel')):
+        # the twist is computed from the float64 action, the action message holds float32
+        ours, theirs = (rt.deserialize(c, rt.TWIST_STAMPED) for c in (ours, theirs))
+        assert (ours.header.frame_id, rt.stamp_ns(ours.header.stamp)) == (
+            theirs.header.frame_id, rt.stamp_ns(theirs.header.stamp))
+        np.testing.assert_allclose([ours.twist.linear.x, ours.twist.angular.z],
+                                   [theirs.twist.linear.x, theirs.twist.angular.z], rtol=1e-6)
+    diagnostics = rt.deserialize(written[topics.diagnostics][0][1], rt.DIAGNOSTIC_ARRAY)
+    assert (diagnostics.status[0].name, diagnostics.status[0].hardware_id) == (
+        'vit_perception: perception', 'vit_perception')
 
 
 def test_tick_actions_are_the_newest_chunk_step_at_each_control_boundary(tmp_path, checkpoint):

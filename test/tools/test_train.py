@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rosbags.rosbag2 import Reader
 from safetensors.torch import load_file
 
 from vit_perception.config import NodeConfig, PolicyConfig
@@ -112,7 +113,7 @@ def test_episode_inputs_are_what_the_engine_sees_and_targets_the_recorded_labels
     for i, stamp in enumerate(episode.stamps):
         expected = pre([image_to_array(images[stamp])])  # (1, 3, 32, 32)
         torch.testing.assert_close(episode.pixels[i], expected, rtol=0, atol=0)
-        np.testing.assert_allclose(episode.position[i].numpy(), poses[stamp].position,
+        np.testing.assert_allclose(episode.position[i, 0].numpy(), poses[stamp].position,
                                    atol=1e-6)  # the sim publishes a pose at each image stamp
         for h in range(4):
             t = stamp + h * 100 * MS
@@ -334,3 +335,127 @@ def test_a_failed_save_leaves_the_previous_files_and_no_temporary(tmp_path, monk
     with pytest.raises(OSError, match='No space left'):
         checkpoint.save_checkpoint(policy, tmp_path / 'new')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt']  # nothing half-made
+
+
+# ------------------------------------------------------- two arms + joint states, replayed ---
+
+JOINTS = ['left_waist', 'left_gripper', 'right_waist', 'right_gripper']
+BIMANUAL = {**TINY, 'pose': {'num_tokens': 1, 'arms': ['left', 'right'],
+                             'proprio_names': JOINTS},
+            'actions': {'horizon': 4, 'dt': 0.1, 'names': [f'{j}_target' for j in JOINTS]}}
+BIMANUAL_NODE = ('topics:\n  poses: [/left/pose, /right/pose]\n'
+                 'engine:\n  dtype: fp32\n  device: cpu\n  warmup_iters: 0\n')
+
+
+def joint_values(t_s: float, seed: int) -> list[float]:
+    """The recorded joint positions of JOINTS at time t (linear in t)."""
+    return [0.5 * t_s + seed, -0.2 * t_s, 0.3 - 0.1 * t_s, 0.05 * seed + 0.4 * t_s]
+
+
+def write_bimanual_bag(path, seed: int, frames: int = 10) -> None:
+    """Images at 10 Hz from 1.0 s; each arm's PoseStamped and /joint_states (with an unused
+    joint, in another order) at 50 Hz from 0.99 s, so the image stamps fall halfway between
+    samples; /expert/action = the joint positions 0.1 s ahead."""
+    from vit_perception.drivers import ros_types as rt
+    from vit_perception.tools.sim.record import BagWriter
+
+    rng = np.random.default_rng(seed)
+    with BagWriter(path) as bag:
+        for k in range(5 * frames + 2):
+            stamp = 990 * MS + k * 20 * MS
+            t = stamp / 1e9
+            for topic, sign in (('/left/pose', 1.0), ('/right/pose', -1.0)):
+                bag(topic, rt.POSE_STAMPED, stamp, rt.pose_msg(
+                    stamp, 'world', [sign * 0.1 * t, 0.2 + 0.01 * seed, 0.3], [0, 0, 0, 1]))
+            values = joint_values(t, seed)
+            bag('/joint_states', rt.JOINT_STATE, stamp, rt.joint_state_msg(
+                stamp, ['head', *reversed(JOINTS)], [9.0, *reversed(values)]))
+        for i in range(frames):
+            stamp = 1000 * MS + i * 100 * MS
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            bag('/camera/image_raw', rt.IMAGE, stamp, rt.image_msg(stamp, 'cam', pixels, 'rgb8'))
+            bag('/expert/action', rt.ACTION_CHUNK, stamp, rt.action_chunk_msg(
+                stamp, BIMANUAL['actions']['names'], 0.1,
+                [joint_values(stamp / 1e9 + 0.1, seed)], stamp))
+
+
+@pytest.fixture(scope='module')
+def bimanual(tmp_path_factory):
+    root = tmp_path_factory.mktemp('bimanual')
+    for seed in range(2):
+        write_bimanual_bag(root / 'bags' / f'episode_{seed}', seed)
+    (root / 'policy.json').write_text(json.dumps(BIMANUAL))
+    (root / 'node.yaml').write_text(BIMANUAL_NODE)
+    return root
+
+
+def test_two_arm_episodes_hold_both_poses_and_the_joint_states_at_the_image_stamps(bimanual):
+    from vit_perception.config import load_node_config
+
+    config = PolicyConfig.from_dict(BIMANUAL)
+    node = load_node_config(bimanual / 'node.yaml')
+    pre = Preprocessor(config.preprocess, 'cpu', torch.float32)
+    episode = dataset.load_episode(bimanual / 'bags' / 'episode_1', config, node, pre)
+    assert len(episode) == 10 and episode.dropped == {}
+    t = episode.stamps / 1e9  # 1.0, 1.1, ... 1.9 s: halfway between two joint/pose samples
+    assert episode.position.shape == (10, 2, 3) and episode.quat.shape == (10, 2, 4)
+    np.testing.assert_allclose(episode.position[:, 0, 0], 0.1 * t, atol=1e-6)
+    np.testing.assert_allclose(episode.position[:, 1, 0], -0.1 * t, atol=1e-6)
+    np.testing.assert_allclose(episode.proprio, [joint_values(s, 1) for s in t], atol=1e-6)
+    stats = dataset.normalization_stats([episode])
+    assert len(stats['pose_mean']) == 2 * 9 + 4  # every arm's features, then the joints
+    np.testing.assert_allclose(stats['pose_mean'][18:], np.mean(episode.proprio.numpy(), 0),
+                               atol=1e-6)
+
+
+def test_bags_without_the_configured_joints_or_arms_are_one_line_errors(bimanual, tmp_path):
+    from vit_perception.config import load_node_config
+
+    pre = Preprocessor(PolicyConfig.from_dict(BIMANUAL).preprocess, 'cpu', torch.float32)
+    node = load_node_config(bimanual / 'node.yaml')
+    renamed = PolicyConfig.from_dict({**BIMANUAL, 'pose': {
+        **BIMANUAL['pose'], 'proprio_names': ['left_waist', 'elbow']}})
+    episode = dataset.load_episode(bimanual / 'bags' / 'episode_0', renamed, node, pre)
+    assert len(episode) == 0  # 52 JointStates lack 'elbow': 10 images without joint states
+    assert episode.dropped == {'bad_joint_state': 52, 'no_joint_state': 10}
+    with pytest.raises(dataset.BagError, match=r'no observation pairs .*bad_joint_state x52'):
+        dataset.load_episodes([bimanual / 'bags' / 'episode_0'], renamed, node, progress=False)
+    with pytest.raises(dataset.ConfigError, match='topics.poses has 1 topics, the policy '
+                       'expects 2'):
+        dataset.load_episode(bimanual / 'bags' / 'episode_0', PolicyConfig.from_dict(BIMANUAL),
+                             NodeConfig(), pre)
+
+
+def test_two_arm_joint_state_policy_trains_and_replays_what_it_trained_on(bimanual, tmp_path):
+    from vit_perception.config import load_node_config
+    from vit_perception.drivers import ros_types as rt
+
+    out = tmp_path / 'ckpt'
+    assert cli.main(['train', str(bimanual / 'bags'), '--out', str(out), '--config',
+                     str(bimanual / 'policy.json'), '--node-config',
+                     str(bimanual / 'node.yaml'), '--epochs', '2', '--batch-size', '8',
+                     '--val-fraction', '0']) == 0
+    policy, _ = load_checkpoint(out)
+    assert policy.config.pose.arms == ['left', 'right']
+    assert policy.pose_tokenizer.arm_embed.shape == (2, 1, 16)
+    assert len(policy.normalization()['pose_mean']) == 22
+    bag = bimanual / 'bags' / 'episode_0'
+    replayed = tmp_path / 'replayed'
+    assert cli.main(['replay', str(bag), '--model', str(out), '--config',
+                     str(bimanual / 'node.yaml'), '--out', str(replayed)]) == 0
+    chunks = {}
+    with Reader(replayed) as reader:
+        connections = [c for c in reader.connections if c.topic == '/vit_perception/action_chunk']
+        for _, _, raw in reader.messages(connections):
+            data = rt.chunk_from_msg(rt.deserialize(raw, rt.ACTION_CHUNK))
+            chunks[data.observation_stamp_ns] = data.chunk
+    pre = Preprocessor(policy.config.preprocess, 'cpu', torch.float32)
+    node = load_node_config(bimanual / 'node.yaml')
+    episode = dataset.load_episode(bag, policy.config, node, pre)
+    assert sorted(chunks) == episode.stamps.tolist()  # every observation, the same stamps
+    with torch.no_grad():
+        _, expected = policy.eval()(episode.pixels, episode.position, episode.quat,
+                                    episode.proprio)
+        expected = policy.actions_from_normalized(expected).numpy()  # (N, H, A)
+    for i, stamp in enumerate(episode.stamps):
+        np.testing.assert_allclose(chunks[stamp], expected[i], rtol=0, atol=1e-4)

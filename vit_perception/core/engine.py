@@ -243,7 +243,7 @@ class Engine:
         timings = {}
         start = t = time.perf_counter()
         decoded = [image_to_array(frame) for frame in obs.frames]
-        position, quat, proprio = self._pose_tensors(obs.pose, obs.proprio)
+        position, quat, proprio = self._pose_tensors(obs.poses, obs.proprio)
         t = _lap(timings, 'decode', t, None)
         with torch.inference_mode():
             uploaded = self.preprocessor.upload(decoded)  # host -> device
@@ -259,7 +259,7 @@ class Engine:
                 return ActionChunkResult(observation_stamp_ns=obs.stamp_ns, embedding=embedding,
                                          chunk=chunk, timings_ms=timings)
             pixels = pixels.to(self.dtype)
-            pose_tokens = self.policy.pose_tokens(position, quat, proprio)  # (1, K, D)
+            pose_tokens = self.policy.pose_tokens(position, quat, proprio)  # (1, arms * K, D)
             if self.fusion == 'late':
                 tokens = self._encode_images(pixels)  # (1, N * T, D)
                 t = _lap(timings, 'encode', t, self.device)
@@ -276,9 +276,10 @@ class Engine:
         return ActionChunkResult(observation_stamp_ns=obs.stamp_ns, embedding=embedding,
                                  chunk=chunk, timings_ms=timings)
 
-    def refresh(self, pose: PoseSample, proprio: np.ndarray | None = None,
+    def refresh(self, poses: Sequence[PoseSample], proprio: np.ndarray | None = None,
                 observation_stamp_ns: int | None = None) -> np.ndarray | None:
-        """Late fusion: (H, A) chunk from the cached image tokens + a newer pose.
+        """Late fusion: (H, A) chunk from the cached image tokens + newer poses (one per arm)
+        and joint positions.
 
         None in early-fusion mode, before the first `infer`, or when the cache does not hold the
         tokens of `observation_stamp_ns` (when given). Safe to call from another thread.
@@ -289,7 +290,7 @@ class Engine:
         stamp_ns, tokens = cache
         if observation_stamp_ns is not None and stamp_ns != observation_stamp_ns:
             return None
-        position, quat, proprio_t = self._pose_tensors(pose, proprio)
+        position, quat, proprio_t = self._pose_tensors(poses, proprio)
         if self.runtime is not None:
             features = pose_features(position, quat, proprio_t).cpu().numpy()  # (1, F)
             return self.runtime.refresh(tokens, features)[1][0]
@@ -304,14 +305,15 @@ class Engine:
         obs = self._warmup_observation(frames)
         for _ in range(iters):
             self.infer(obs)
-            self.refresh(obs.pose, obs.proprio)
+            self.refresh(obs.poses, obs.proprio)
         self._image_tokens = None
 
     def _warmup_observation(self, frames: Sequence[ImageFrame] | None) -> Observation:
         frames = list(frames) if frames else [
             _synthetic_frame(480, 640, camera) for camera in range(self.num_cameras)]
-        pose = PoseSample(0, 'warmup', np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]))
-        return Observation(stamp_ns=0, frames=tuple(frames), pose=pose,
+        poses = tuple(PoseSample(0, 'warmup', np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]), arm)
+                      for arm in range(len(self.config.pose.arms)))
+        return Observation(stamp_ns=0, frames=tuple(frames), poses=poses,
                            proprio=np.zeros(len(self.config.pose.proprio_names)))
 
     # -- helpers -------------------------------------------------------------------------------
@@ -330,17 +332,25 @@ class Engine:
         chunk = self.policy.actions_from_normalized(chunk)  # (1, H, A) robot units
         return (embedding[0].float().cpu().numpy(), chunk[0].float().cpu().numpy())
 
-    def _pose_tensors(self, pose: PoseSample, proprio: np.ndarray | None):
-        """Validate and move a pose to the device: (1, 3), (1, 4), (1, P) float32."""
-        position = np.asarray(pose.position, dtype=np.float64)
-        quat = np.asarray(pose.orientation, dtype=np.float64)
-        if position.shape != (3,) or quat.shape != (4,):
-            raise PoseError(f'pose: expected position (3,) and quaternion xyzw (4,), got '
+    def _pose_tensors(self, poses: Sequence[PoseSample], proprio: np.ndarray | None):
+        """Validate and move the arms' poses and the proprio scalars to the device:
+        (1, N, 3), (1, N, 4), (1, P) float32."""
+        arms = self.config.pose.arms
+        if len(poses) != len(arms):
+            raise PoseError(f'{len(poses)} poses: the checkpoint expects one per arm ({arms})')
+        try:
+            position = np.array([p.position for p in poses], dtype=np.float64)  # (N, 3)
+            quat = np.array([p.orientation for p in poses], dtype=np.float64)  # (N, 4)
+        except (AttributeError, TypeError, ValueError):
+            raise PoseError('pose: expected position (3,) and quaternion xyzw (4,) per arm') \
+                from None
+        if position.shape != (len(arms), 3) or quat.shape != (len(arms), 4):
+            raise PoseError(f'pose: expected position (3,) and quaternion xyzw (4,) per arm, got '
                             f'{position.shape} and {quat.shape}')
         if not (np.isfinite(position).all() and np.isfinite(quat).all()):
             raise PoseError('pose: position and quaternion must be finite (got NaN/inf)')
-        norm = float(np.linalg.norm(quat))
-        if norm < 1e-6:
+        norm = np.linalg.norm(quat, axis=-1, keepdims=True)  # (N, 1)
+        if norm.min() < 1e-6:
             raise PoseError('pose: quaternion has zero norm; expected a unit quaternion xyzw')
         expected = len(self.config.pose.proprio_names)
         values = np.zeros(0) if proprio is None else np.asarray(proprio, dtype=np.float64)

@@ -1,6 +1,7 @@
 """PerceptionCore: the transport-free node logic every driver (DDS, rclpy, bag replay) runs.
 
-    on_image / on_pose (callbacks) -> ObservationBuilder (latest-only slot) -> wake the worker
+    on_image / on_pose / on_joints (callbacks) -> ObservationBuilder (latest-only slot) -> wake
+        the worker
     worker: Engine.infer -> ActionScheduler.add_chunk, publish embedding + chunk
     tick (control timer): staleness / stall checks -> [late-fusion refresh] -> ActionScheduler
         -> ActionLimiter -> publish action
@@ -25,7 +26,13 @@ from vit_perception.core.observation import ObservationBuilder
 from vit_perception.core.safety import ActionLimiter
 from vit_perception.core.scheduler import ActionScheduler
 from vit_perception.core.stats import DropCounter, LatencyStats, RateMeter, ThrottledLog
-from vit_perception.core.types import NS_PER_S, ActionChunkResult, ImageFrame, PoseSample
+from vit_perception.core.types import (
+    NS_PER_S,
+    ActionChunkResult,
+    ImageFrame,
+    JointSample,
+    PoseSample,
+)
 from vit_perception.errors import ConfigError, ImageError, PoseError
 
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
@@ -82,10 +89,26 @@ class PerceptionCore:
         self._clock = clock
         self.action_names = list(engine.action_names)
         self.num_cameras = len(config.topics.cameras)
-        cameras = getattr(getattr(engine, 'config', None), 'cameras', None)
+        policy = getattr(engine, 'config', None)  # PolicyConfig (None: a test double)
+        cameras = getattr(policy, 'cameras', None)
         if cameras is not None and len(cameras) != self.num_cameras:
             raise ConfigError(f'topics.cameras has {self.num_cameras} topics but the model '
                               f'expects {len(cameras)} cameras ({", ".join(cameras)})')
+        pose = getattr(policy, 'pose', None)  # PoseConfig; None: one arm, no joints
+        arms = list(pose.arms) if pose is not None else ['ee']
+        self.num_arms = len(arms)
+        # Joint names read from sensor_msgs/JointState (the drivers' input routes need them).
+        self.proprio_names = list(pose.proprio_names) if pose is not None else []
+        self.num_joints = len(self.proprio_names)
+        if config.pose_input.source == 'topic' and len(config.topics.poses) != self.num_arms:
+            raise ConfigError(f'topics.poses has {len(config.topics.poses)} topics but the model '
+                              f'expects {self.num_arms} arms ({", ".join(arms)}): give one '
+                              'PoseStamped topic per arm, in that order')
+        if config.pose_input.source == 'tf' and self.num_arms > 1:
+            raise ConfigError(f'pose_input.source tf reads one arm; the model expects '
+                              f'{self.num_arms} ({", ".join(arms)}): use pose_input.source topic')
+        self._pose_labels = ['pose'] if self.num_arms == 1 else [
+            f'pose{arm}' for arm in range(self.num_arms)]
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -93,12 +116,13 @@ class PerceptionCore:
         self.latency = LatencyStats()
         self._log = ThrottledLog(outputs.log, config.log_throttle)
         self.builder = ObservationBuilder(config.sync, self.num_cameras, self.drops,
-                                          self._on_drop)
+                                          self._on_drop, num_arms=self.num_arms,
+                                          num_joints=self.num_joints)
         self.scheduler = ActionScheduler(engine.dt, engine.horizon, config.control.ensemble_coeff)
         self.limiter = ActionLimiter(config.safety, self.action_names)
-        self._rates = {name: RateMeter() for name in
-                       [f'image{c}' for c in range(self.num_cameras)] + ['pose', 'chunk',
-                                                                          'action']}
+        inputs = [f'image{c}' for c in range(self.num_cameras)] + self._pose_labels + (
+            ['joint_states'] if self.num_joints else [])
+        self._rates = {name: RateMeter() for name in inputs + ['chunk', 'action']}
         self._late_refresh = engine.fusion == 'late' and config.control.late_fusion_refresh
         self._max_age_ns = int(config.sync.max_observation_age * NS_PER_S)
         self._stall_ns = int(config.safety.max_inference_time * NS_PER_S)
@@ -130,19 +154,26 @@ class PerceptionCore:
                 self._wake.notify()
 
     def on_pose(self, pose: PoseSample) -> None:
-        """Pose callback: cheap, never waits for the model."""
+        """Pose callback (arm `pose.arm`): cheap, never waits for the model."""
         with self._lock:
             now = self._now()
-            self._rates['pose'].tick(now)
+            arm = getattr(pose, 'arm', None)
+            if isinstance(arm, int) and 0 <= arm < self.num_arms:
+                self._rates[self._pose_labels[arm]].tick(now)
             self.builder.add_pose(pose, now)
             if self.builder.has_ready():
                 self._wake.notify()
 
-    def on_proprio(self, values, stamp_ns: int) -> None:
-        """Extra proprioceptive scalars (the checkpoint's pose.proprio_names), newest wins."""
+    def on_joints(self, joints: JointSample) -> None:
+        """Joint-state callback (the checkpoint's pose.proprio_names): cheap, never waits."""
         with self._lock:
-            self._now()
-            self.builder.set_proprio(values, stamp_ns)
+            now = self._now()
+            meter = self._rates.get('joint_states')
+            if meter is not None:
+                meter.tick(now)
+            self.builder.add_joints(joints, now)
+            if self.builder.has_ready():
+                self._wake.notify()
 
     def on_bad_message(self, source: str, reason: str, detail: str) -> None:
         """A driver could not convert a message: counted by reason, logged (throttled)."""
@@ -270,14 +301,16 @@ class PerceptionCore:
             if self.builder.has_ready():
                 self._wake.notify()
             reason = self._blocked_reason(now)
-            pose = self._refresh_pose() if reason is None else None
-            proprio, epoch = self.builder.proprio, self._epoch
+            newest = self._refresh_inputs() if reason is None else None
+            epoch = self._epoch
             chunk_stamp = self.scheduler.newest_stamp_ns
         refreshed = None
-        if pose is not None:  # late fusion: small model step, run outside the lock
+        if newest is not None:  # late fusion: small model step, run outside the lock
+            poses, joints, stamps = newest
             try:
-                refreshed = self.engine.refresh(pose, proprio if proprio.size else None,
-                                                observation_stamp_ns=chunk_stamp)
+                refreshed = self.engine.refresh(
+                    poses, None if joints is None else joints.positions,
+                    observation_stamp_ns=chunk_stamp)
             except (PoseError, ValueError) as err:
                 self._count_and_log('refresh_error', 'warn', f'late-fusion refresh skipped: {err}')
             problem = '' if refreshed is None else non_finite('refreshed chunk', refreshed)
@@ -285,10 +318,10 @@ class PerceptionCore:
                 self._count_and_log('non_finite', 'error', f'late-fusion refresh: {problem}')
                 refreshed = None
         with self._lock:
-            if pose is not None and epoch == self._epoch:
-                self._last_refresh = (chunk_stamp, pose.stamp_ns)  # tried: not again each tick
+            if newest is not None and epoch == self._epoch:
+                self._last_refresh = (chunk_stamp, stamps)  # tried: not again each tick
                 if refreshed is not None and self.scheduler.newest_stamp_ns == chunk_stamp:
-                    self.scheduler.refresh(pose.stamp_ns, refreshed)
+                    self.scheduler.refresh(min(stamps), refreshed)
             action = scheduled = None
             if reason is None:
                 scheduled = self.scheduler.action_at(now)
@@ -323,8 +356,10 @@ class PerceptionCore:
         if newest is None:
             if all(self.builder.last_image_stamp_ns(c) is None for c in range(self.num_cameras)):
                 return 'no action: no image received yet' + last_drop
-            if self.builder.newest_pose() is None:
+            if self.builder.newest_poses() is None:
                 return 'no action: no pose received yet' + last_drop
+            if self.num_joints and self.builder.newest_joints() is None:
+                return 'no action: no joint state received yet' + last_drop
             return 'no action: no observation has been through the model yet' + last_drop
         if now - newest > self._max_age_ns:
             return (f'no action: observation {(now - newest) / NS_PER_S:.2f} s old > '
@@ -332,15 +367,20 @@ class PerceptionCore:
                     + last_drop)
         return None
 
-    def _refresh_pose(self) -> PoseSample | None:
-        """Late fusion: the newest pose, unless older than the newest chunk or already used."""
+    def _refresh_inputs(self):
+        """Late fusion: (newest poses, newest joints or None, their stamps), unless one is
+        missing or older than the newest chunk, or they were used already; else None."""
         if not self._late_refresh:
             return None
-        pose = self.builder.newest_pose()
+        poses = self.builder.newest_poses()
+        joints = self.builder.newest_joints()
         newest = self.scheduler.newest_stamp_ns
-        if pose is None or newest is None or pose.stamp_ns < newest:
+        if poses is None or newest is None or (self.num_joints and joints is None):
             return None
-        return None if (newest, pose.stamp_ns) == self._last_refresh else pose
+        stamps = tuple(p.stamp_ns for p in poses) + ((joints.stamp_ns,) if joints else ())
+        if min(stamps) < newest or (newest, stamps) == self._last_refresh:
+            return None
+        return poses, joints, stamps
 
     def _set_suppressed(self, reason: str | None, now: int) -> None:
         if reason is not None and self._suppressed is None:
@@ -391,8 +431,12 @@ class PerceptionCore:
             values[f'rate.{name}_hz'] = f'{meter.rate_hz(now):.2f}'
         for c in range(self.num_cameras):
             values[f'age.image{c}_s'] = age(self.builder.last_image_stamp_ns(c))
-        pose = self.builder.newest_pose()
-        values['age.pose_s'] = age(None if pose is None else pose.stamp_ns)
+        for arm, label in enumerate(self._pose_labels):
+            pose = self.builder.newest_pose(arm)
+            values[f'age.{label}_s'] = age(None if pose is None else pose.stamp_ns)
+        if self.num_joints:
+            joints = self.builder.newest_joints()
+            values['age.joint_states_s'] = age(None if joints is None else joints.stamp_ns)
         values['age.observation_s'] = age(self._newest_obs_ns)
         busy = self._busy_since_ns
         values['inference_running_s'] = '' if busy is None else f'{(now - busy) / NS_PER_S:.3f}'

@@ -1,16 +1,19 @@
-"""Observation building: pose history, pose interpolated to the image stamp, latest-only.
+"""Observation building: timed inputs interpolated to the image stamp, latest-only.
 
 Data flow (all times are integer ns; `now_ns` is the node clock, passed in by the caller):
 
-    add_pose  -> validate -> pose history (the last `sync.pose_history` seconds)
-    add_image -> validate -> latest frame per camera -> group (stamps within camera_tolerance)
-              -> candidate -> pose interpolated to camera 0's stamp -> the ready slot
-    take      -> the ready observation (newest only), or None
+    add_pose   -> validate -> that arm's pose history (the last `sync.pose_history` seconds)
+    add_joints -> validate -> joint-state history (same length; only with proprio names)
+    add_image  -> validate -> latest frame per camera -> group (stamps within camera_tolerance)
+               -> candidate -> every track at camera 0's stamp -> the ready slot
+    take       -> the ready observation (newest only), or None
 
-A candidate whose stamp is newer than every pose waits (pending) for the next pose until the
-clock passes stamp + max_pose_skew; then it holds the newest pose if that is within
-max_pose_skew, else it is dropped ('pose_skew'). The ready slot holds one observation: a newer one
-replaces an unconsumed older one ('superseded'). Nothing ever queues up.
+A track is one timed input: each arm's pose (linear position, slerp rotation) and the joint
+states (linear). A candidate newer than a track's every sample waits (pending) for that track's
+next sample until the clock passes stamp + max_pose_skew; then it holds the newest sample if that
+is within max_pose_skew, else it is dropped ('pose_skew' / 'joint_state_skew'). An observation is
+complete only when every track has a value at its stamp. The ready slot holds one observation: a
+newer one replaces an unconsumed older one ('superseded'). Nothing ever queues up.
 
 Every rejected input is counted by reason in a DropCounter and reported to `on_drop`.
 Not thread-safe on its own: the caller (PerceptionCore) serializes calls with its lock.
@@ -25,7 +28,13 @@ import numpy as np
 
 from vit_perception.config import SyncConfig
 from vit_perception.core.stats import DropCounter
-from vit_perception.core.types import NS_PER_S, ImageFrame, Observation, PoseSample
+from vit_perception.core.types import (
+    NS_PER_S,
+    ImageFrame,
+    JointSample,
+    Observation,
+    PoseSample,
+)
 
 # The node clock may step back this much (thread interleaving, NTP slew) before it counts as a
 # jump that resets the history.
@@ -53,18 +62,85 @@ def interpolate_pose(p0: PoseSample, p1: PoseSample, stamp_ns: int) -> PoseSampl
     u = 0.0 if span <= 0 else (stamp_ns - p0.stamp_ns) / span
     with np.errstate(over='ignore', invalid='ignore'):  # callers check the result is finite
         position = p0.position + u * (p1.position - p0.position)
-    return PoseSample(stamp_ns, p0.frame_id, position, slerp(p0.orientation, p1.orientation, u))
+    return PoseSample(stamp_ns, p0.frame_id, position, slerp(p0.orientation, p1.orientation, u),
+                      p0.arm)
+
+
+def interpolate_joints(j0: JointSample, j1: JointSample, stamp_ns: int) -> JointSample:
+    """Joint positions at `stamp_ns` between samples j0 <= stamp <= j1: linear."""
+    span = j1.stamp_ns - j0.stamp_ns
+    u = 0.0 if span <= 0 else (stamp_ns - j0.stamp_ns) / span
+    with np.errstate(over='ignore', invalid='ignore'):  # callers check the result is finite
+        return JointSample(stamp_ns, j0.positions + u * (j1.positions - j0.positions))
+
+
+class Track:
+    """The history of one timed input (an arm's pose, or the joint states), oldest first.
+
+    `kind` ('pose' / 'joint_state') prefixes its drop reasons; `name` appears in their details.
+    """
+
+    def __init__(self, kind: str, name: str, interpolate, history_ns: int):
+        self.kind, self.name = kind, name
+        self.interpolate = interpolate
+        self.history_ns = history_ns
+        self.samples: deque = deque()
+
+    def newest(self):
+        return self.samples[-1] if self.samples else None
+
+    def append(self, sample) -> None:
+        self.samples.append(sample)
+        while self.samples[0].stamp_ns < sample.stamp_ns - self.history_ns:
+            self.samples.popleft()
+
+    def at(self, stamp: int, final: bool, skew_ns: int, skew_s: float):
+        """('ok', sample at `stamp`, skew ns) | ('wait',) | ('drop', reason, detail)."""
+        before = after = None
+        for sample in reversed(self.samples):  # images are usually near the newest sample
+            if sample.stamp_ns >= stamp:
+                after = sample
+            else:
+                before = sample
+                break
+        if before is None and after is None:
+            if not final:
+                return ('wait',)
+            return ('drop', f'no_{self.kind}', f'observation at {stamp} ns: no {self.name} '
+                    f'received within sync.max_pose_skew {skew_s} s')
+        if after is None:  # newer than every sample: wait for the next one, then hold
+            if not final:
+                return ('wait',)
+            skew, sample = stamp - before.stamp_ns, before
+        elif before is None or after.stamp_ns == stamp:  # older than every sample, or exact
+            skew, sample = after.stamp_ns - stamp, after
+        else:
+            skew = min(stamp - before.stamp_ns, after.stamp_ns - stamp)
+            sample = self.interpolate(before, after, stamp)
+        if skew > skew_ns:
+            return ('drop', f'{self.kind}_skew', f'observation at {stamp} ns: nearest {self.name} '
+                    f'{skew / NS_PER_S:.3f} s away > sync.max_pose_skew {skew_s} s')
+        values = (sample.positions,) if self.kind == 'joint_state' else (sample.position,
+                                                                         sample.orientation)
+        if not all(np.all(np.isfinite(v)) for v in values):
+            return ('drop', f'{self.kind}_nonfinite', f'observation at {stamp} ns: the '
+                    f'interpolated {self.name} overflowed (values near the float limit)')
+        return ('ok', sample, int(skew))
 
 
 class ObservationBuilder:
-    """Pairs images (1..N cameras) with the end-effector pose at their stamp; latest-only."""
+    """Pairs images (1..C cameras) with every arm's pose (and the joint states) at their stamp;
+    latest-only."""
 
     def __init__(self, sync: SyncConfig, num_cameras: int = 1, drops: DropCounter | None = None,
-                 on_drop: Callable[[str, str], None] | None = None):
-        if num_cameras < 1:
-            raise ValueError(f'num_cameras={num_cameras}: must be >= 1')
+                 on_drop: Callable[[str, str], None] | None = None, *, num_arms: int = 1,
+                 num_joints: int = 0):
+        if num_cameras < 1 or num_arms < 1:
+            raise ValueError(f'num_cameras={num_cameras}, num_arms={num_arms}: must be >= 1')
         self.sync = sync
         self.num_cameras = num_cameras
+        self.num_arms = num_arms
+        self.num_joints = num_joints
         self.drops = drops if drops is not None else DropCounter()
         self._on_drop = on_drop
         self._history_ns = int(sync.pose_history * NS_PER_S)
@@ -78,13 +154,15 @@ class ObservationBuilder:
     # ---------------------------------------------------------------- state
 
     def reset(self) -> None:
-        """Forget every pose, frame, pending and ready observation (counters are kept)."""
-        self._poses: deque[PoseSample] = deque()
+        """Forget every sample, frame, pending and ready observation (counters are kept)."""
+        self._arms = [Track('pose', 'pose' if self.num_arms == 1 else f'arm {arm} pose',
+                            interpolate_pose, self._history_ns) for arm in range(self.num_arms)]
+        self._joints = (Track('joint_state', 'joint state', interpolate_joints, self._history_ns)
+                        if self.num_joints else None)
         self._frames: list[ImageFrame | None] = [None] * self.num_cameras
         self._last_image_ns: list[int | None] = [None] * self.num_cameras
         self._pending: tuple[ImageFrame, ...] | None = None
         self._ready: Observation | None = None
-        self._proprio = np.zeros(0)
 
     def check_clock(self, now_ns: int) -> bool:
         """Track the node clock; True (and the history reset) if it jumped backwards."""
@@ -96,20 +174,24 @@ class ObservationBuilder:
         self._last_now_ns = now_ns if last is None else max(last, now_ns)
         return False
 
-    def newest_pose(self) -> PoseSample | None:
-        return self._poses[-1] if self._poses else None
+    def newest_pose(self, arm: int = 0) -> PoseSample | None:
+        return self._arms[arm].newest()
+
+    def newest_poses(self) -> tuple[PoseSample, ...] | None:
+        """Every arm's newest pose, or None while an arm has none."""
+        poses = tuple(track.newest() for track in self._arms)
+        return None if any(p is None for p in poses) else poses
+
+    def newest_joints(self) -> JointSample | None:
+        return self._joints.newest() if self._joints is not None else None
 
     def last_image_stamp_ns(self, camera: int) -> int | None:
         return self._last_image_ns[camera]
 
     @property
-    def proprio(self) -> np.ndarray:
-        return self._proprio
-
-    @property
     def num_poses(self) -> int:
-        """Pose samples in the history."""
-        return len(self._poses)
+        """Pose samples in the first arm's history."""
+        return len(self._arms[0].samples)
 
     def has_ready(self) -> bool:
         return self._ready is not None
@@ -117,18 +199,18 @@ class ObservationBuilder:
     # ---------------------------------------------------------------- inputs
 
     def add_pose(self, pose: PoseSample, now_ns: int) -> bool:
-        """Validate and store a pose; True if accepted. May complete a pending observation."""
+        """Validate and store an arm's pose; True if accepted. May complete a pending
+        observation."""
         with np.errstate(over='ignore', invalid='ignore'):  # garbage is rejected, not warned
             sample, reason, detail = self._validate_pose(pose, now_ns)
-        if sample is None:
-            self._drop(reason, detail)
-            return False
-        self._poses.append(sample)
-        while self._poses[0].stamp_ns < sample.stamp_ns - self._history_ns:
-            self._poses.popleft()
-        if self._pending is not None:
-            self._resolve(self._pending, final=False)
-        return True
+        track = self._arms[sample.arm] if sample is not None else None
+        return self._add(track, sample, reason, detail)
+
+    def add_joints(self, joints: JointSample, now_ns: int) -> bool:
+        """Validate and store joint positions; True if accepted. May complete a pending
+        observation."""
+        sample, reason, detail = self._validate_joints(joints, now_ns)
+        return self._add(self._joints, sample, reason, detail)
 
     def add_image(self, frame: ImageFrame, now_ns: int) -> bool:
         """Validate and store an image; True if accepted. May complete an observation."""
@@ -150,19 +232,6 @@ class ObservationBuilder:
                            'replaced by a newer one while waiting for a pose')
                 self._pending = None
             self._resolve(group, final=False)
-        return True
-
-    def set_proprio(self, values, stamp_ns: int) -> bool:
-        """Latest extra proprioceptive scalars, attached to the next observations."""
-        try:
-            array = np.array(values, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            self._drop('proprio_malformed', f'proprio at {stamp_ns} ns is not a numeric vector')
-            return False
-        if not np.all(np.isfinite(array)):
-            self._drop('proprio_nonfinite', f'proprio at {stamp_ns} ns has NaN/inf')
-            return False
-        self._proprio = array
         return True
 
     # ---------------------------------------------------------------- output
@@ -192,47 +261,93 @@ class ObservationBuilder:
         if self._on_drop is not None:
             self._on_drop(reason, detail)
 
+    def _add(self, track: Track | None, sample, reason: str, detail: str) -> bool:
+        if sample is None:
+            self._drop(reason, detail)
+            return False
+        track.append(sample)
+        if self._pending is not None:
+            self._resolve(self._pending, final=False)
+        return True
+
+    def _check_stamp(self, track: Track, stamp, now_ns: int) -> tuple[str, str]:
+        """('', '') when `stamp` may extend `track`, else (reason, detail)."""
+        kind, name = track.kind, track.name
+        if not isinstance(stamp, (int, np.integer)) or isinstance(stamp, bool):
+            return f'{kind}_malformed', f'{name} stamp {stamp!r}: expected integer ns'
+        if stamp <= 0:
+            return f'{kind}_zero_stamp', f'{name} stamp {stamp} ns: expected a set header stamp'
+        if stamp - now_ns > self._future_ns:
+            ahead = (stamp - now_ns) / NS_PER_S
+            return f'{kind}_future', (f'{name} stamp {ahead:.3f} s ahead of the clock > '
+                                      f'sync.max_future {self.sync.max_future} s')
+        newest = track.newest()
+        if newest is not None:
+            if stamp == newest.stamp_ns:
+                return f'{kind}_duplicate', f'{name} stamp {stamp} ns repeated'
+            if stamp < newest.stamp_ns:
+                return f'{kind}_out_of_order', (f'{name} stamp {stamp} ns older than the newest '
+                                                f'{newest.stamp_ns} ns')
+        return '', ''
+
     def _validate_pose(self, pose, now_ns: int):
         """(clean PoseSample, '', '') or (None, reason, detail)."""
         try:
             stamp = pose.stamp_ns
             frame_id = pose.frame_id
+            arm = pose.arm
             position = np.array(pose.position, dtype=np.float64)
             quat = np.array(pose.orientation, dtype=np.float64)
         except (AttributeError, TypeError, ValueError):
             return None, 'pose_malformed', 'pose is not a PoseSample with numeric arrays'
+        if (not isinstance(arm, (int, np.integer)) or isinstance(arm, bool)
+                or not 0 <= arm < self.num_arms):
+            return None, 'pose_bad_arm', f'pose arm index {arm!r}: expected 0..{self.num_arms - 1}'
+        track = self._arms[arm]
         if position.shape != (3,) or quat.shape != (4,):
-            return None, 'pose_malformed', (f'pose position shape {position.shape}, orientation '
-                                            f'shape {quat.shape}: expected (3,) and (4,)')
+            return None, 'pose_malformed', (f'{track.name} position shape {position.shape}, '
+                                            f'orientation shape {quat.shape}: expected (3,) and '
+                                            '(4,)')
         if not isinstance(stamp, (int, np.integer)) or isinstance(stamp, bool):
-            return None, 'pose_malformed', f'pose stamp {stamp!r}: expected integer ns'
+            return None, 'pose_malformed', f'{track.name} stamp {stamp!r}: expected integer ns'
         stamp = int(stamp)
         if not (np.all(np.isfinite(position)) and np.all(np.isfinite(quat))):
-            return None, 'pose_nonfinite', f'pose at {stamp} ns has NaN/inf'
+            return None, 'pose_nonfinite', f'{track.name} at {stamp} ns has NaN/inf'
         norm = float(np.linalg.norm(quat))
         if norm == 0.0:
-            return None, 'pose_zero_quaternion', f'pose at {stamp} ns has a zero quaternion'
+            return None, 'pose_zero_quaternion', (f'{track.name} at {stamp} ns has a zero '
+                                                  'quaternion')
         if abs(norm - 1.0) > self.sync.quaternion_tolerance:
             return None, 'pose_bad_quaternion', (
-                f'pose at {stamp} ns: quaternion norm {norm:.4f}, expected 1 +- '
+                f'{track.name} at {stamp} ns: quaternion norm {norm:.4f}, expected 1 +- '
                 f'sync.quaternion_tolerance {self.sync.quaternion_tolerance}')
         if self.sync.pose_frame_id and frame_id != self.sync.pose_frame_id:
-            return None, 'pose_wrong_frame', (f'pose frame_id {frame_id!r}, expected '
+            return None, 'pose_wrong_frame', (f'{track.name} frame_id {frame_id!r}, expected '
                                               f'sync.pose_frame_id {self.sync.pose_frame_id!r}')
-        if stamp <= 0:
-            return None, 'pose_zero_stamp', f'pose stamp {stamp} ns: expected a set header stamp'
-        if stamp - now_ns > self._future_ns:
-            ahead = (stamp - now_ns) / NS_PER_S
-            return None, 'pose_future', (f'pose stamp {ahead:.3f} s ahead of the clock > '
-                                         f'sync.max_future {self.sync.max_future} s')
-        if self._poses:
-            newest = self._poses[-1].stamp_ns
-            if stamp == newest:
-                return None, 'pose_duplicate', f'pose stamp {stamp} ns repeated'
-            if stamp < newest:
-                return None, 'pose_out_of_order', (f'pose stamp {stamp} ns older than the newest '
-                                                   f'pose {newest} ns')
-        return PoseSample(stamp, str(frame_id), position, quat / norm), '', ''
+        reason, detail = self._check_stamp(track, stamp, now_ns)
+        if reason:
+            return None, reason, detail
+        return PoseSample(stamp, str(frame_id), position, quat / norm, int(arm)), '', ''
+
+    def _validate_joints(self, joints, now_ns: int):
+        """(clean JointSample, '', '') or (None, reason, detail)."""
+        if self._joints is None:
+            return None, 'joint_state_unused', 'joint states received but the checkpoint reads ' \
+                'no pose.proprio_names'
+        try:
+            stamp = joints.stamp_ns
+            positions = np.array(joints.positions, dtype=np.float64).reshape(-1)
+        except (AttributeError, TypeError, ValueError):
+            return None, 'joint_state_malformed', 'joint state is not a JointSample of numbers'
+        if positions.shape != (self.num_joints,):
+            return None, 'joint_state_malformed', (f'joint state with {positions.size} '
+                                                   f'positions: expected {self.num_joints}')
+        reason, detail = self._check_stamp(self._joints, stamp, now_ns)
+        if reason:
+            return None, reason, detail
+        if not np.all(np.isfinite(positions)):
+            return None, 'joint_state_nonfinite', f'joint state at {stamp} ns has NaN/inf'
+        return JointSample(int(stamp), positions), '', ''
 
     def _check_image(self, frame: ImageFrame, now_ns: int) -> tuple[str, str]:
         """('', '') if the frame may be used, else (reason, detail)."""
@@ -276,46 +391,27 @@ class ObservationBuilder:
         return group
 
     def _resolve(self, frames: tuple[ImageFrame, ...], final: bool) -> None:
-        """Pose for the group's stamp: interpolate, hold, wait (pending) or drop."""
+        """Every track at the group's stamp: interpolate, hold, wait (pending) or drop."""
         self._pending = None
         stamp = frames[0].stamp_ns
-        before = after = None
-        for pose in reversed(self._poses):  # images are usually near the newest pose
-            if pose.stamp_ns >= stamp:
-                after = pose
-            else:
-                before = pose
-                break
-        if before is None and after is None:
-            if final:
-                self._drop('no_pose', f'observation at {stamp} ns: no pose received within '
-                           f'sync.max_pose_skew {self.sync.max_pose_skew} s')
-            else:
-                self._pending = frames
+        tracks = self._arms + ([self._joints] if self._joints is not None else [])
+        results = [track.at(stamp, final, self._skew_ns, self.sync.max_pose_skew)
+                   for track in tracks]
+        dropped = next((r for r in results if r[0] == 'drop'), None)
+        if dropped is not None:
+            self._drop(dropped[1], dropped[2])
             return
-        if after is None:  # newer than every pose: wait for the next one, then hold
-            if not final:
-                self._pending = frames
-                return
-            skew, pose = stamp - before.stamp_ns, before
-        elif before is None or after.stamp_ns == stamp:  # older than every pose, or exact
-            skew, pose = after.stamp_ns - stamp, after
-        else:
-            skew = min(stamp - before.stamp_ns, after.stamp_ns - stamp)
-            pose = interpolate_pose(before, after, stamp)
-        if skew > self._skew_ns:
-            self._drop('pose_skew', f'observation at {stamp} ns: nearest pose '
-                       f'{skew / NS_PER_S:.3f} s away > sync.max_pose_skew '
-                       f'{self.sync.max_pose_skew} s')
+        if any(r[0] == 'wait' for r in results):
+            self._pending = frames
             return
-        if not (np.all(np.isfinite(pose.position)) and np.all(np.isfinite(pose.orientation))):
-            self._drop('pose_nonfinite', f'observation at {stamp} ns: the interpolated pose '
-                       'overflowed (positions near the float limit)')
-            return
-        pose = PoseSample(stamp, pose.frame_id, pose.position, pose.orientation)
+        samples = [r[1] for r in results]
+        poses = tuple(PoseSample(stamp, p.frame_id, p.position, p.orientation, p.arm)
+                      for p in samples[:self.num_arms])
+        proprio = samples[-1].positions if self._joints is not None else np.zeros(0)
         stamps = [f.stamp_ns for f in frames]
-        obs = Observation(stamp_ns=stamp, frames=frames, pose=pose, proprio=self._proprio,
-                          pose_skew_ns=int(skew), camera_spread_ns=max(stamps) - min(stamps))
+        obs = Observation(stamp_ns=stamp, frames=frames, poses=poses, proprio=proprio,
+                          pose_skew_ns=max(r[2] for r in results),
+                          camera_spread_ns=max(stamps) - min(stamps))
         if self._ready is not None:
             self._drop('superseded', f'observation at {self._ready.stamp_ns} ns replaced by a '
                        'newer one before inference took it')

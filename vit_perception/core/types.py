@@ -57,18 +57,35 @@ class PoseSample:
     frame_id: str
     position: np.ndarray  # (3,) float64
     orientation: np.ndarray  # (4,) float64, x y z w (ROS order)
+    # Index of the arm in the checkpoint's pose.arms.
+    arm: int = 0
+
+
+@dataclass(frozen=True)
+class JointSample:
+    """Joint positions (sensor_msgs/JointState) of the checkpoint's pose.proprio_names, in
+    that order."""
+
+    stamp_ns: int
+    positions: np.ndarray  # (P,) float64
 
 
 @dataclass(frozen=True)
 class Observation:
-    """A synchronized input for one inference: every camera's image + the pose at their time."""
+    """A synchronized input for one inference: every camera's image + every arm's pose (and the
+    joint positions, when the checkpoint reads them) at their time."""
 
-    stamp_ns: int  # the (reference camera) image stamp; the pose is interpolated to it
+    stamp_ns: int  # the (reference camera) image stamp; poses are interpolated to it
     frames: tuple[ImageFrame, ...]  # one per camera, in checkpoint camera order
-    pose: PoseSample  # interpolated to stamp_ns
-    proprio: np.ndarray = field(default_factory=lambda: np.zeros(0))  # extra scalars
-    pose_skew_ns: int = 0  # distance from stamp_ns to the nearest real pose sample
+    poses: tuple[PoseSample, ...]  # one per arm, in checkpoint arm order, at stamp_ns
+    proprio: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (P,) at stamp_ns
+    pose_skew_ns: int = 0  # largest distance from stamp_ns to the nearest real sample of an input
     camera_spread_ns: int = 0  # max - min image stamp across cameras
+
+    @property
+    def pose(self) -> PoseSample:
+        """The first arm's pose."""
+        return self.poses[0]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Bag driver: ROS 2 bags in and out without ROS, through rosbags.
 
     BagInput:  rosbag2 directory (metadata.yaml), single .mcap or .db3 file
-               -> BagEvents in bag-time (log time) order: images (ImageFrame), poses (PoseSample),
-                  extra topics (rosbags messages); undecodable messages become 'bad' events
+               -> BagEvents in bag-time (log time) order: the node's input routes
+                  (drivers/routes.py: images, every arm's pose, joint states) converted by their
+                  converters, extra topics (rosbags messages); undecodable or unconvertible
+                  messages become 'bad' events
     BagOutput: rosbags messages -> rosbag2 directory (.mcap or .db3 + metadata.yaml with offered
                QoS profiles), closed (and readable) even when the run stops early
 
@@ -17,53 +19,60 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vit_perception.config import NodeConfig
+from vit_perception.config import NodeConfig, PoseInputConfig
 from vit_perception.errors import BagError, ConfigError, ImageError, PoseError
 
 STORAGES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
 # rosbag2 metadata version written: 8 keeps offered_qos_profiles as the YAML string that Humble
 # and Iron store (version 9 changed the QoS serialization); newer rosbag2 reads older versions.
 METADATA_VERSION = 8
-EVENT_KINDS = ('image', 'pose', 'clock', 'extra', 'bad')
+EVENT_KINDS = ('image', 'pose', 'joints', 'clock', 'extra', 'bad')
 
 
 @dataclass(frozen=True)
 class BagEvent:
     """One message of a bag, converted for the core."""
 
-    kind: str  # 'image' | 'pose' | 'clock' | 'extra' | 'bad'
+    kind: str  # an input route's kind ('image' | 'pose' | 'joints') | 'clock' | 'extra' | 'bad'
     log_time_ns: int  # bag receive time (the replay clock)
     topic: str
-    value: object  # ImageFrame | PoseSample | rosbags msg (extra/clock) | (reason, detail)
+    value: object  # ImageFrame | PoseSample | JointSample | rosbags msg (extra/clock) |
+    #                (reason, detail)
 
 
 @dataclass(frozen=True)
 class _Route:
     kind: str
     msgtype: str
-    camera: int
     store: object  # rosbags Typestore used to decode this topic
+    route: object = None  # drivers.routes.InputRoute of an input topic (None: extra/clock)
 
 
 class BagInput:
-    """Reads the camera, pose and extra topics of a ROS 2 bag (see module docstring).
+    """Reads the input topics (the node's route table) and extra topics of a ROS 2 bag (see
+    module docstring). `proprio_names`: the checkpoint's pose.proprio_names (joint states are
+    read only when given).
 
     Raises BagError (one line) for a missing or unreadable bag, an empty bag, a missing topic
     (the message lists what the bag has) or a topic of the wrong type.
     """
 
     def __init__(self, path: str | Path, config: NodeConfig, extra_topics: Sequence[str] = (),
-                 *, require_extra: bool = True):
+                 *, require_extra: bool = True, proprio_names: Sequence[str] = ()):
         self.path = Path(path)
         self._reader = _open_reader(self.path)
         try:
-            self._setup(config, extra_topics, require_extra)
+            self._setup(config, extra_topics, require_extra, proprio_names)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, config: NodeConfig, extra_topics: Sequence[str], require_extra: bool):
+    def _setup(self, config: NodeConfig, extra_topics: Sequence[str], require_extra: bool,
+               proprio_names: Sequence[str]):
+        import dataclasses
+
         from vit_perception.drivers import ros_types
+        from vit_perception.drivers.routes import input_routes
 
         reader = self._reader
         infos = reader.topics
@@ -75,22 +84,17 @@ class BagInput:
         if reader.message_count == 0:
             raise BagError(f'{self.path}: the bag holds no messages ({_listing(self.topics)})')
         self._routes: dict[str, _Route] = {}
-        wanted = [(topic, 'image', i, ros_types.IMAGE if transport == 'raw'
-                   else ros_types.COMPRESSED_IMAGE,
-                   f'topics.cameras[{i}] with camera_transports[{i}]={transport}')
-                  for i, (topic, transport) in enumerate(
-                      zip(config.topics.cameras, config.topics.camera_transports))]
-        wanted.append((config.topics.pose, 'pose', 0, ros_types.POSE_STAMPED, 'topics.pose'))
-        names = [topic for topic, *_ in wanted]
-        for topic, *_, where in wanted:
-            if names.count(topic) > 1:
-                raise ConfigError(f'{where}: topic {topic} is used twice; expected one topic per '
-                                  'camera and a separate pose topic')
-        for topic, kind, camera, msgtype, where in wanted:
-            self._check_topic(topic, msgtype, where)
-            if not self.counts.get(topic):
-                raise BagError(f'{self.path}: topic {topic} ({where}) has no messages')
-            self._routes[topic] = _Route(kind, msgtype, camera, self._store_for(topic))
+        # A bag records the poses as topics, whatever pose_input.source the live node uses.
+        config = dataclasses.replace(config, pose_input=PoseInputConfig())
+        where = {'image': 'topics.cameras', 'pose': 'topics.poses',
+                 'joints': 'topics.joint_states'}
+        for route in input_routes(config, proprio_names):
+            self._check_topic(route.topic, route.msgtype, where[route.kind])
+            if not self.counts.get(route.topic):
+                raise BagError(f'{self.path}: topic {route.topic} ({where[route.kind]}) has no '
+                               'messages')
+            self._routes[route.topic] = _Route(route.kind, route.msgtype,
+                                               self._store_for(route.topic), route)
         for topic in extra_topics:
             if topic in self._routes:
                 continue
@@ -100,7 +104,7 @@ class BagInput:
                                    f'{_listing(self.topics)}')
                 continue
             kind = 'clock' if self.topics[topic] == ros_types.CLOCK else 'extra'
-            self._routes[topic] = _Route(kind, self.topics[topic], 0, self._store_for(topic))
+            self._routes[topic] = _Route(kind, self.topics[topic], self._store_for(topic))
         self.message_count = sum(self.counts.get(t, 0) for t in self._routes)
         self.start_ns = int(reader.start_time)
         self.end_ns = max(int(reader.end_time) - 1, self.start_ns)  # rosbags: end exclusive
@@ -126,7 +130,6 @@ class BagInput:
                            f'truncated or corrupt ({_reason(err)})') from None
 
     def _convert(self, topic: str, log_time: int, raw) -> BagEvent:
-        from vit_perception.drivers import ros_types
 
         route = self._routes[topic]
         try:
@@ -135,19 +138,13 @@ class BagInput:
             return BagEvent('bad', log_time, topic, (
                 'bag_deserialize', f'{route.msgtype} at log time {log_time} ns does not '
                 f'deserialize ({_reason(err)})'))
+        if route.route is None:
+            return BagEvent(route.kind, log_time, topic, msg)
         try:
-            if route.kind == 'image':
-                if route.msgtype == ros_types.IMAGE:
-                    value = ros_types.image_from_msg(msg, route.camera)
-                else:
-                    value = ros_types.compressed_from_msg(msg, route.camera)
-            elif route.kind == 'pose':
-                value = ros_types.pose_from_msg(msg)
-            else:
-                value = msg
+            value = route.route.convert(msg)
         except (ImageError, PoseError, ValueError, TypeError, AttributeError) as err:
-            reason = 'bad_image' if route.kind == 'image' else 'bad_pose'
-            return BagEvent('bad', log_time, topic, (reason, f'at log time {log_time} ns: {err}'))
+            return BagEvent('bad', log_time, topic, (route.route.bad_reason,
+                                                     f'at log time {log_time} ns: {err}'))
         return BagEvent(route.kind, log_time, topic, value)
 
     # ------------------------------------------------------------------ helpers

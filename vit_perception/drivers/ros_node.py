@@ -79,27 +79,32 @@ DESCRIPTIONS = {
     'topics.cameras': 'Image topics, one per camera, in the order of the checkpoint cameras.',
     'topics.camera_transports': "Per camera: 'raw' (sensor_msgs/Image) or 'compressed' "
                                 '(sensor_msgs/CompressedImage, give the .../compressed topic).',
-    'topics.pose': 'End-effector pose input (geometry_msgs/PoseStamped); unused with '
-                   'pose_input.source tf.',
+    'topics.poses': 'End-effector pose inputs (geometry_msgs/PoseStamped), one per arm in the '
+                    'order of the checkpoint pose.arms; unused with pose_input.source tf.',
+    'topics.pose': 'One-arm shorthand of topics.poses (kept for existing configs); empty = use '
+                   'topics.poses.',
+    'topics.joint_states': 'Joint positions input (sensor_msgs/JointState), read by name when '
+                           'the checkpoint has pose.proprio_names; else not subscribed.',
     'topics.embedding': 'Output: vit_perception/Embedding, one per observation.',
     'topics.action_chunk': 'Output: vit_perception/ActionChunk, one per observation.',
     'topics.action': 'Output: vit_perception/ActionChunk with horizon 1, every control tick.',
     'topics.diagnostics': 'Output: diagnostic_msgs/DiagnosticArray, every diagnostics_period.',
     'topics.twist': 'Optional output: each action as geometry_msgs/TwistStamped (dx dy dz drx '
                     'dry drz divided by the chunk dt, missing ones 0); empty = off.',
-    'pose_input.source': "'topic': PoseStamped on topics.pose; 'tf': look up "
+    'pose_input.source': "'topic': PoseStamped on topics.poses; 'tf' (one arm): look up "
                          'pose_input.tf_base_frame -> tf_ee_frame at every control tick.',
     'pose_input.tf_base_frame': 'pose_input.source tf: the frame the end-effector pose is '
                                 'expressed in.',
     'pose_input.tf_ee_frame': 'pose_input.source tf: the end-effector frame.',
     'qos.image_reliability': "Image subscriptions: 'best_effort' (sensor data) or 'reliable'.",
     'qos.image_depth': 'Image subscriptions: keep-last depth.',
-    'qos.pose_reliability': "Pose subscription: 'best_effort' or 'reliable'.",
-    'qos.pose_depth': 'Pose subscription: keep-last depth.',
+    'qos.pose_reliability': "Pose and joint-state subscriptions: 'best_effort' or 'reliable'.",
+    'qos.pose_depth': 'Pose and joint-state subscriptions: keep-last depth.',
     'qos.output_reliability': "Output publishers: 'best_effort' or 'reliable'.",
     'qos.output_depth': 'Output publishers: keep-last depth.',
-    'sync.pose_history': 'Seconds of pose history kept for interpolation.',
-    'sync.max_pose_skew': 'Max distance (s) from the image stamp to the nearest pose sample.',
+    'sync.pose_history': 'Seconds of pose and joint-state history kept for interpolation.',
+    'sync.max_pose_skew': 'Max distance (s) from the image stamp to the nearest sample of every '
+                          'pose and of the joint states.',
     'sync.camera_tolerance': 'Max spread (s) of image stamps grouped into one multi-camera '
                              'observation.',
     'sync.max_observation_age': 'An observation older than this (s, node clock) is never acted '
@@ -319,7 +324,8 @@ class _Wiring:
                 make_publisher, config, engine, self.now_ns, node_name=self.node.get_name(),
                 logger=_RosLogger(self.node), extra_values=self._driver_values)
             self.core = PerceptionCore(config, engine, self.outputs, clock=self.now_ns)
-            self._inputs = [RouteInput(route, self.core) for route in input_routes(config)]
+            self._inputs = [RouteInput(route, self.core)
+                            for route in input_routes(config, self.core.proprio_names)]
         except Exception:  # publishers made so far go before the error is reported
             self.cleanup()
             raise
@@ -352,7 +358,7 @@ class _Wiring:
     def _subscribe(self, config: NodeConfig) -> None:
         """One serialized subscription per input route (CDR bytes, decoded by the route), or
         the TF listener with pose_input.source tf."""
-        for index, route in enumerate(input_routes(config)):
+        for index, route in enumerate(i.route for i in self._inputs):
             self._subscriptions.append(self.node.create_subscription(
                 ros_message_class(route.msgtype), route.topic,
                 functools.partial(self._on_input, self._generation, index),

@@ -21,8 +21,15 @@ from pathlib import Path
 import numpy as np
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from vit_perception.core.types import ActionChunkResult, ImageFrame, PoseSample, from_ns, to_ns
-from vit_perception.errors import ConfigError, ImageError
+from vit_perception.core.types import (
+    ActionChunkResult,
+    ImageFrame,
+    JointSample,
+    PoseSample,
+    from_ns,
+    to_ns,
+)
+from vit_perception.errors import ConfigError, ImageError, PoseError
 
 # Standard interfaces: ROS 2 Jazzy (Image, CompressedImage, PoseStamped, DiagnosticArray, Clock
 # and their parts are the same in Humble). RIHS01 type hashes are Jazzy's.
@@ -32,6 +39,7 @@ PACKAGE = 'vit_perception'
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
 POSE_STAMPED = 'geometry_msgs/msg/PoseStamped'
+JOINT_STATE = 'sensor_msgs/msg/JointState'
 DIAGNOSTIC_ARRAY = 'diagnostic_msgs/msg/DiagnosticArray'
 TWIST_STAMPED = 'geometry_msgs/msg/TwistStamped'
 CLOCK = 'rosgraph_msgs/msg/Clock'
@@ -177,12 +185,32 @@ def compressed_from_msg(msg, camera: int = 0) -> ImageFrame:
                       data=msg.data, format=msg.format, camera=camera)
 
 
-def pose_from_msg(msg) -> PoseSample:
-    """geometry_msgs/msg/PoseStamped -> PoseSample (position xyz, quaternion xyzw)."""
+def pose_from_msg(msg, arm: int = 0) -> PoseSample:
+    """geometry_msgs/msg/PoseStamped -> PoseSample of arm `arm` (position xyz, quaternion
+    xyzw)."""
     p, q = msg.pose.position, msg.pose.orientation
     return PoseSample(stamp_ns=stamp_ns(msg.header.stamp), frame_id=msg.header.frame_id,
                       position=np.array([p.x, p.y, p.z], dtype=np.float64),
-                      orientation=np.array([q.x, q.y, q.z, q.w], dtype=np.float64))
+                      orientation=np.array([q.x, q.y, q.z, q.w], dtype=np.float64), arm=arm)
+
+
+def joint_state_from_msg(msg, names: Sequence[str]) -> JointSample:
+    """sensor_msgs/msg/JointState -> JointSample of the positions of `names`, in that order.
+
+    Raises PoseError when a name is missing, or `name` and `position` differ in length (other
+    joints in the message are ignored).
+    """
+    have = list(msg.name)
+    if len(have) != len(msg.position):
+        raise PoseError(f'JointState with {len(have)} names and {len(msg.position)} positions: '
+                        'expected one position per name')
+    index = {name: i for i, name in reversed(list(enumerate(have)))}  # first occurrence wins
+    missing = [name for name in names if name not in index]
+    if missing:
+        raise PoseError(f'JointState lacks the joints {missing} (it has {have[:16]}): the '
+                        'checkpoint reads pose.proprio_names from it')
+    positions = np.asarray(msg.position, dtype=np.float64)[[index[name] for name in names]]
+    return JointSample(stamp_ns=stamp_ns(msg.header.stamp), positions=positions)
 
 
 def clock_from_msg(msg) -> int:
@@ -330,6 +358,15 @@ def pose_msg(stamp_ns: int, frame_id: str, position: Sequence[float],
         position=msg_class('geometry_msgs/msg/Point')(x=x, y=y, z=z),
         orientation=msg_class('geometry_msgs/msg/Quaternion')(x=qx, y=qy, z=qz, w=qw))
     return msg_class(POSE_STAMPED)(header=header_msg(stamp_ns, frame_id), pose=pose)
+
+
+def joint_state_msg(stamp_ns: int, names: Sequence[str], positions: Sequence[float],
+                    frame_id: str = ''):
+    """sensor_msgs/msg/JointState with names and positions (no velocities or efforts)."""
+    return msg_class(JOINT_STATE)(
+        header=header_msg(stamp_ns, frame_id), name=list(names),
+        position=np.asarray(positions, dtype=np.float64), velocity=np.zeros(0),
+        effort=np.zeros(0))
 
 
 def clock_msg(stamp_ns: int):

@@ -1,50 +1,57 @@
 """The node's inputs as one table, built from the config, that every live driver iterates.
 
-    InputRoute   topic, ROS type, QoS, converter (message -> core value), core method
-    input_routes(config) -> [InputRoute]   cameras in checkpoint order, then the pose topic
+    InputRoute   topic, ROS type, QoS, converter (message -> core value), core input kind
+    input_routes(config, proprio_names) -> [InputRoute]   cameras in checkpoint order, one
+                 pose topic per arm, the joint states when the checkpoint reads joints
     RouteInput   a route bound to a core: counts what arrives (`rx.<topic>`), decodes the CDR
                  bytes (drivers/ros_types: the same zero-copy code on every backend), converts,
                  and delivers; anything undecodable or unconvertible is dropped, counted by
                  reason and logged (throttled) by the core, never acted on
 
-Adding an input type is one row here plus its converter in ros_types.
+The same rows feed the rclpy node, the DDS node, the bag reader (replay) and the training
+dataset. Adding an input type is one row here plus its converter in ros_types (and, for a new
+kind of value, its core/ObservationBuilder callback).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vit_perception.config import NodeConfig
 from vit_perception.core.node import PerceptionCore
 from vit_perception.drivers import ros_types
+from vit_perception.errors import ConfigError
 
 DECODE_ERROR = 'decode_error'  # drop reason: the bytes are not a CDR message of the route's type
 
 
 @dataclass(frozen=True)
 class InputRoute:
-    """One subscription: where from, what type and QoS, how to convert, which core method."""
+    """One subscription: where from, what type and QoS, how to convert, which core input."""
 
     topic: str
     msgtype: str  # 'pkg/msg/Type'
     reliability: str  # 'reliable' | 'best_effort' (keep-last, volatile)
     depth: int
-    convert: Callable[[object], object]  # rosbags message -> ImageFrame / PoseSample
-    deliver: Callable[[PerceptionCore, object], None]  # to_image or to_pose
+    convert: Callable[[object], object]  # rosbags message -> ImageFrame / PoseSample / ...
+    kind: str  # one of CORE_INPUTS: which core callback takes the converted value
     bad_reason: str  # drop reason when `convert` fails
 
 
-def to_image(core: PerceptionCore, frame) -> None:
-    core.on_image(frame)
+# kind -> the PerceptionCore callback (the ObservationBuilder method is `add_<kind>`).
+CORE_INPUTS = {'image': 'on_image', 'pose': 'on_pose', 'joints': 'on_joints'}
 
 
-def to_pose(core: PerceptionCore, pose) -> None:
-    core.on_pose(pose)
+def deliver(core: PerceptionCore, kind: str, value) -> None:
+    """Hand a converted value to the core callback of `kind`."""
+    getattr(core, CORE_INPUTS[kind])(value)
 
 
-def input_routes(config: NodeConfig) -> list[InputRoute]:
-    """The camera routes (checkpoint order) and, with pose_input.source 'topic', the pose."""
+def input_routes(config: NodeConfig, proprio_names: Sequence[str] = ()) -> list[InputRoute]:
+    """The rows: cameras (checkpoint order); with pose_input.source 'topic' one pose per arm
+    (checkpoint order); the joint states when the checkpoint reads `proprio_names`."""
     topics, qos = config.topics, config.qos
     routes = []
     for camera, (topic, transport) in enumerate(zip(topics.cameras, topics.camera_transports)):
@@ -54,12 +61,22 @@ def input_routes(config: NodeConfig) -> list[InputRoute]:
             msgtype, convert = ros_types.IMAGE, ros_types.image_from_msg
         routes.append(InputRoute(
             topic, msgtype, qos.image_reliability, qos.image_depth,
-            lambda msg, convert=convert, camera=camera: convert(msg, camera),
-            to_image, 'bad_image'))
+            functools.partial(convert, camera=camera), 'image', 'bad_image'))
     if config.pose_input.source == 'topic':
-        routes.append(InputRoute(topics.pose, ros_types.POSE_STAMPED, qos.pose_reliability,
-                                 qos.pose_depth, ros_types.pose_from_msg,
-                                 to_pose, 'bad_pose'))
+        for arm, topic in enumerate(topics.poses):
+            routes.append(InputRoute(
+                topic, ros_types.POSE_STAMPED, qos.pose_reliability, qos.pose_depth,
+                functools.partial(ros_types.pose_from_msg, arm=arm), 'pose', 'bad_pose'))
+    if proprio_names:
+        routes.append(InputRoute(
+            topics.joint_states, ros_types.JOINT_STATE, qos.pose_reliability, qos.pose_depth,
+            functools.partial(ros_types.joint_state_from_msg, names=list(proprio_names)),
+            'joints', 'bad_joint_state'))
+    topics_used = [route.topic for route in routes]
+    for topic in topics_used:
+        if topics_used.count(topic) > 1:
+            raise ConfigError(f'topic {topic} is used twice; expected one topic per '
+                              'camera, per arm pose and for the joint states')
     return routes
 
 
@@ -92,7 +109,7 @@ class RouteInput:
         except Exception as err:
             self.core.on_bad_message(route.topic, route.bad_reason, f'{type(err).__name__}: {err}')
             return
-        route.deliver(self.core, value)
+        deliver(self.core, route.kind, value)
 
 
 def received_values(inputs: list[RouteInput]) -> dict[str, str]:

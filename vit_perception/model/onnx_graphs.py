@@ -1,7 +1,8 @@
 """The policy as ONNX graphs, exported once per checkpoint and dtype and cached by content hash.
 
 Two graphs, fixed shapes (batch 1, the checkpoint's cameras and input size):
-- `policy`: pixels (1, N, 3, H, W) fp32, normalized + pose features (1, F) fp32, raw ->
+- `policy`: pixels (1, N, 3, H, W) fp32, normalized + pose features (1, F) fp32, raw (every
+  arm's position + 6D rotation, then the proprio scalars: F = 9 * arms + P) ->
   embedding (1, E) fp32, chunk (1, H, A) fp32 in robot units; late fusion adds the cacheable
   image tokens (1, N * T, D) as a third output.
 - `refresh` (late fusion only): image tokens (1, N * T, D) + pose features (1, F) ->
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vit_perception.config import POSE_FEATURES
 from vit_perception.errors import ConfigError
 from vit_perception.model.policy import VisionPosePolicy
 
@@ -45,7 +47,7 @@ class PolicyGraph(nn.Module):
         self.dtype = policy.camera_embed.dtype
 
     def forward(self, pixels: torch.Tensor, pose_features: torch.Tensor):
-        pose = self.policy.pose_tokenizer(pose_features)  # (1, K, D)
+        pose = self.policy.pose_tokenizer(pose_features)  # (1, arms * K, D)
         pixels = pixels.to(self.dtype)  # (1, N, 3, H, W)
         if self.policy.fusion_mode == 'late':
             tokens = self.policy.encode_images(pixels)  # (1, N * T, D)
@@ -61,7 +63,7 @@ class RefreshGraph(nn.Module):
         self.policy = policy
 
     def forward(self, image_tokens: torch.Tensor, pose_features: torch.Tensor):
-        pose = self.policy.pose_tokenizer(pose_features)  # (1, K, D)
+        pose = self.policy.pose_tokenizer(pose_features)  # (1, arms * K, D)
         return _heads(self.policy, self.policy.fuse(image_tokens, pose))
 
 
@@ -85,8 +87,9 @@ def example_inputs(policy: VisionPosePolicy, dtype: str):
     config = policy.config
     height, width = config.preprocess.output_size
     pixels = torch.zeros(1, len(config.cameras), 3, height, width)  # (1, N, 3, H, W)
-    features = torch.zeros(1, config.pose.feature_dim)  # (1, F)
-    features[0, 3] = features[0, 7] = 1.0  # identity rotation (6D: the first two columns)
+    features = torch.zeros(1, config.pose.feature_dim)  # (1, 9 * arms + P)
+    for arm in range(len(config.pose.arms)):  # identity rotations (6D: the first two columns)
+        features[0, POSE_FEATURES * arm + 3] = features[0, POSE_FEATURES * arm + 7] = 1.0
     with torch.no_grad():
         tokens = policy.encode_images(pixels.to(policy.camera_embed.dtype)) \
             if config.fusion.mode == 'late' else None  # (1, N * T, D)

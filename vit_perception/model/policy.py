@@ -33,14 +33,15 @@ class LateFusion(nn.Module):
         self.norm = nn.LayerNorm(hidden_size)
 
     def forward(self, image_tokens: torch.Tensor, pose_tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N*T, D) image tokens, (B, K, D) pose tokens -> (B, D) fused feature."""
+        """(B, C*T, D) image tokens, (B, K, D) pose tokens -> (B, D) fused feature."""
         readout = self.readout.expand(pose_tokens.shape[0], -1, -1).to(pose_tokens.dtype)
         tokens = torch.cat([readout, pose_tokens, image_tokens], dim=1)  # (B, 1 + K + N*T, D)
         return self.norm(self.encoder(tokens)[:, 0])  # (B, D)
 
 
 class VisionPosePolicy(nn.Module):
-    """The policy. Inputs: pixels (B, N, 3, H, W), pose (B, 3) + (B, 4) xyzw, proprio (B, P)."""
+    """The policy. Inputs: pixels (B, C, 3, H, W); poses (B, N, 3) + (B, N, 4) xyzw of the N
+    arms (or (B, 3) + (B, 4) for one arm); proprio (B, P)."""
 
     def __init__(self, config: PolicyConfig, backbone: Backbone):
         super().__init__()
@@ -54,8 +55,8 @@ class VisionPosePolicy(nn.Module):
 
         self.camera_embed = nn.Parameter(torch.zeros(self.num_cameras, 1, hidden))
         nn.init.trunc_normal_(self.camera_embed, std=0.02)
-        self.pose_tokenizer = PoseTokenizer(config.pose.feature_dim, config.pose.num_tokens,
-                                            hidden)
+        self.pose_tokenizer = PoseTokenizer(len(config.pose.arms), len(config.pose.proprio_names),
+                                            config.pose.num_tokens, hidden)
         self.late_fusion = (LateFusion(hidden, config.fusion.late_layers, config.fusion.late_heads)
                             if self.fusion_mode == 'late' else None)
         self.embedding_head = nn.Linear(hidden, config.embedding.dim)
@@ -68,7 +69,7 @@ class VisionPosePolicy(nn.Module):
 
     def pose_tokens(self, position: torch.Tensor, quat: torch.Tensor,
                     proprio: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3), (B, 4), (B, P) -> (B, K, D)."""
+        """(B, N, 3), (B, N, 4) (or (B, 3), (B, 4) for one arm), (B, P) -> (B, N * K, D)."""
         features = pose_features(position.float(), quat.float(),
                                  None if proprio is None else proprio.float())  # (B, F)
         return self.pose_tokenizer(features)

@@ -1,4 +1,4 @@
-"""End-effector pose -> normalized features -> K pose tokens.
+"""End-effector poses (one per arm) + proprio -> normalized features -> K tokens per arm.
 
 Orientation uses the continuous 6D representation (first two columns of the rotation matrix,
 Zhou et al. 2019): unlike quaternions it has no double cover and no discontinuity.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from vit_perception.config import POSE_FEATURES
 
 
 def quat_xyzw_to_matrix(quat: torch.Tensor) -> torch.Tensor:
@@ -30,11 +32,16 @@ def quat_xyzw_to_6d(quat: torch.Tensor) -> torch.Tensor:
 
 def pose_features(position: torch.Tensor, quat: torch.Tensor,
                   proprio: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, 3) position, (B, 4) xyzw quaternion, (B, P) proprio -> (B, 9 + P) raw features."""
-    parts = [position, quat_xyzw_to_6d(quat)]
+    """(B, N, 3) positions, (B, N, 4) xyzw quaternions of N arms ((B, 3), (B, 4): one arm),
+    (B, P) proprio -> (B, 9 * N + P) raw features: every arm's position + 6D rotation, then
+    the proprio scalars."""
+    if position.dim() == 2:  # one arm
+        position, quat = position[:, None], quat[:, None]  # (B, 1, 3), (B, 1, 4)
+    arms = torch.cat([position, quat_xyzw_to_6d(quat)], dim=-1)  # (B, N, 9)
+    parts = [arms.flatten(1)]  # (B, 9 * N)
     if proprio is not None and proprio.shape[-1]:
         parts.append(proprio)
-    return torch.cat(parts, dim=-1)  # (B, 9 + P)
+    return torch.cat(parts, dim=-1)  # (B, 9 * N + P)
 
 
 class Normalizer(nn.Module):
@@ -60,25 +67,49 @@ class Normalizer(nn.Module):
 
 
 class PoseTokenizer(nn.Module):
-    """Normalized pose features (B, F) -> K tokens (B, K, D) with learned token embeddings."""
+    """Normalized pose features (B, 9 * N + P) -> K tokens per arm (B, N * K, D).
 
-    def __init__(self, feature_dim: int, num_tokens: int, hidden_size: int):
+    One MLP shared by the arms: arm i's input is its 9 pose features followed by the P proprio
+    scalars for arm 0 and P zeros for the others (zero = the normalized mean). With N > 1 a
+    learned arm embedding tags each arm's tokens (absent for one arm, so one-arm checkpoints
+    keep their weights).
+    """
+
+    def __init__(self, num_arms: int, num_proprio: int, num_tokens: int, hidden_size: int):
         super().__init__()
+        self.num_arms = num_arms
+        self.num_proprio = num_proprio
         self.num_tokens = num_tokens
         self.hidden_size = hidden_size
-        self.normalizer = Normalizer(feature_dim)
+        arm_dim = POSE_FEATURES + num_proprio
+        self.normalizer = Normalizer(POSE_FEATURES * num_arms + num_proprio)
         self.mlp = nn.Sequential(
-            nn.Linear(feature_dim, hidden_size),
+            nn.Linear(arm_dim, hidden_size),
             nn.GELU(),
             nn.Linear(hidden_size, num_tokens * hidden_size),
         )
         # Type/position embedding per pose token (tells the ViT these are not patches).
         self.token_embed = nn.Parameter(torch.zeros(1, num_tokens, hidden_size))
         nn.init.trunc_normal_(self.token_embed, std=0.02)
+        if num_arms > 1:
+            self.arm_embed = nn.Parameter(torch.zeros(num_arms, 1, hidden_size))
+            nn.init.trunc_normal_(self.arm_embed, std=0.02)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, F) raw float32 features -> (B, K, D) tokens in the model's dtype."""
+        """(B, 9 * N + P) raw float32 features -> (B, N * K, D) tokens in the model's dtype."""
         normalized = self.normalizer.normalize(features.float())  # fp32: stats stay exact
-        tokens = self.mlp(normalized.to(self.token_embed.dtype))  # (B, K * D)
-        tokens = tokens.reshape(-1, self.num_tokens, self.hidden_size)  # (B, K, D)
-        return tokens + self.token_embed.to(tokens.dtype)
+        batch, arms = normalized.shape[0], self.num_arms
+        poses = normalized[:, :POSE_FEATURES * arms].unflatten(1, (arms, POSE_FEATURES))
+        proprio = normalized[:, POSE_FEATURES * arms:]  # (B, P)
+        if self.num_proprio and arms > 1:
+            others = proprio.new_zeros(batch, arms - 1, self.num_proprio)  # (B, N - 1, P)
+            proprio = torch.cat([proprio[:, None], others], dim=1)  # (B, N, P)
+        else:
+            proprio = proprio[:, None]  # (B, 1, P) (N = 1 or P = 0)
+        inputs = torch.cat([poses, proprio.expand(batch, arms, -1)], dim=-1)  # (B, N, 9 + P)
+        tokens = self.mlp(inputs.to(self.token_embed.dtype))  # (B, N, K * D)
+        tokens = tokens.unflatten(-1, (self.num_tokens, self.hidden_size))  # (B, N, K, D)
+        tokens = tokens + self.token_embed.to(tokens.dtype)
+        if arms > 1:
+            tokens = tokens + self.arm_embed.to(tokens.dtype)  # (N, 1, D) per arm
+        return tokens.flatten(1, 2)  # (B, N * K, D)

@@ -130,7 +130,7 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
                                warmup_frames=frames, backend=name, cache_dir=cache_dir,
                                runtime_threads=threads)
     pose = PoseSample(0, 'base', np.array([0.4, 0.0, 0.3]), np.array([0.0, 0.0, 0.0, 1.0]))
-    obs = Observation(stamp_ns=0, frames=frames, pose=pose,
+    obs = Observation(stamp_ns=0, frames=frames, poses=(pose,),
                       proprio=np.zeros(len(policy.config.pose.proprio_names)))
     for _ in range(warmup):
         naive(images, pose)

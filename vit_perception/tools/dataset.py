@@ -1,7 +1,9 @@
 """Behavior-cloning data from ROS 2 bags, built exactly as the node sees its inputs.
 
-Per bag (one episode): BagInput events in log-time order -> the node's ObservationBuilder (same
-SyncConfig: pose interpolated to the image stamp, skew/age checks, latest-only) -> the engine's
+Per bag (one episode): BagInput events (the node's input routes: images, every arm's pose, the
+joint states when the checkpoint reads them) in log-time order -> the node's ObservationBuilder
+(same SyncConfig: each input interpolated to the image stamp, skew/age checks, latest-only) ->
+the engine's
 Preprocessor -> (C, 3, H, W) float32 tensors, cached in memory once. Targets: for an observation
 at stamp s, step h of the (H, A) chunk is the recorded action in effect at s + h * dt (the
 nearest previous message on the action topic). Steps past the last recorded action are padded
@@ -33,8 +35,9 @@ class Episode:
 
     name: str
     pixels: object  # torch.Tensor (N, C, 3, H, W) float32, preprocessed like the engine does
-    position: object  # torch.Tensor (N, 3) float32
-    quat: object  # torch.Tensor (N, 4) float32, xyzw
+    position: object  # torch.Tensor (N, arms, 3) float32
+    quat: object  # torch.Tensor (N, arms, 4) float32, xyzw
+    proprio: object  # torch.Tensor (N, P) float32: pose.proprio_names (P may be 0)
     actions: object  # torch.Tensor (N, H, A) float32, robot units
     mask: object  # torch.Tensor (N, H) bool: the step lies within the recording
     stamps: np.ndarray  # (N,) int64 observation stamps
@@ -139,12 +142,18 @@ def load_episode(path: str | Path, policy_config: PolicyConfig, node_config: Nod
     samples = bag_samples(path, policy_config, node_config, action_topic)
     observations = samples.observations
     pixels = observation_pixels(observations, preprocessor, policy_config)  # (N, C, 3, H, W)
+    arms, joints = len(policy_config.pose.arms), len(policy_config.pose.proprio_names)
+
+    def tensor(values, *shape):  # (N, *shape) float32
+        return torch.tensor(np.array(values, dtype=np.float64).reshape(len(observations),
+                                                                       *shape),
+                            dtype=torch.float32)
+
     return Episode(
         name=str(path), pixels=pixels,
-        position=torch.tensor(np.array([o.pose.position for o in observations]).reshape(-1, 3),
-                              dtype=torch.float32),
-        quat=torch.tensor(np.array([o.pose.orientation for o in observations]).reshape(-1, 4),
-                          dtype=torch.float32),
+        position=tensor([[p.position for p in o.poses] for o in observations], arms, 3),
+        quat=tensor([[p.orientation for p in o.poses] for o in observations], arms, 4),
+        proprio=tensor([o.proprio for o in observations], joints),
         actions=torch.from_numpy(samples.targets), mask=torch.from_numpy(samples.mask),
         stamps=samples.stamps, action_names=samples.action_names, dropped=samples.dropped)
 
@@ -153,7 +162,7 @@ def load_episode(path: str | Path, policy_config: PolicyConfig, node_config: Nod
 class BagSamples:
     """The training samples of one bag before preprocessing (N observations kept)."""
 
-    observations: list  # core Observation: raw frames + the pose at the image stamp
+    observations: list  # core Observation: raw frames + every input at the image stamp
     targets: np.ndarray  # (N, H, A) float32
     mask: np.ndarray  # (N, H) bool
     stamps: np.ndarray  # (N,) int64
@@ -169,19 +178,17 @@ def bag_samples(path: str | Path, policy_config: PolicyConfig, node_config: Node
     """
     from vit_perception.drivers.bag import BagInput
 
-    num_cameras = _check_cameras(policy_config, node_config)
-    if policy_config.pose.proprio_names:
-        raise ConfigError(f'pose.proprio_names={policy_config.pose.proprio_names}: training from '
-                          'bags does not read proprio topics yet; expected an empty list')
+    _check_inputs(policy_config, node_config)
     horizon = policy_config.actions.horizon
     dt_ns = int(round(policy_config.actions.dt * NS_PER_S))
-    with BagInput(path, node_config, extra_topics=[action_topic]) as bag:
+    with BagInput(path, node_config, extra_topics=[action_topic],
+                  proprio_names=policy_config.pose.proprio_names) as bag:
         if bag.topics[action_topic] != ACTION_CHUNK:
             raise BagError(f'{bag.path}: topic {action_topic} has type '
                            f'{bag.topics[action_topic]}, expected {ACTION_CHUNK}')
         reader = ActionReader(Path(path), action_topic)
         observations, dropped = read_observations(
-            bag, node_config, num_cameras,
+            bag, node_config, policy_config,
             lambda event: reader.add(event.value) if event.topic == action_topic else None)
     action_stamps, actions = reader.arrays()
     names = reader.names
@@ -198,35 +205,40 @@ def bag_samples(path: str | Path, policy_config: PolicyConfig, node_config: Node
     return BagSamples(observations, targets[keep], mask[keep], stamps[keep], list(names), dropped)
 
 
-def _check_cameras(policy_config: PolicyConfig, node_config: NodeConfig) -> int:
-    """The number of cameras; ConfigError when the node topics and the policy disagree."""
-    num_cameras = len(policy_config.cameras)
-    if len(node_config.topics.cameras) != num_cameras:
-        raise ConfigError(f'node config topics.cameras has {len(node_config.topics.cameras)} '
-                          f'topics, the policy expects {num_cameras} cameras '
-                          f'({policy_config.cameras})')
-    return num_cameras
+def _check_inputs(policy_config: PolicyConfig, node_config: NodeConfig) -> None:
+    """ConfigError when the node's camera or pose topics and the policy disagree."""
+    topics = node_config.topics
+    for name, have, want in (('cameras', topics.cameras, policy_config.cameras),
+                             ('poses', topics.poses, policy_config.pose.arms)):
+        if len(have) != len(want):
+            raise ConfigError(f'node config topics.{name} has {len(have)} topics, the policy '
+                              f'expects {len(want)} ({", ".join(want)})')
 
 
-def read_observations(bag, node_config: NodeConfig, num_cameras: int, on_extra=None):
-    """Replay an open BagInput through the node's ObservationBuilder -> (observations, drops).
+def read_observations(bag, node_config: NodeConfig, policy_config: PolicyConfig, on_extra=None):
+    """Replay an open BagInput through the node's ObservationBuilder -> (observations, drops:
+    the builder's and the messages that did not convert, by reason).
 
     `on_extra(event)` receives the events of the bag's extra topics (e.g. recorded actions).
     """
     from vit_perception.core.observation import ObservationBuilder
 
-    builder = ObservationBuilder(node_config.sync, num_cameras)
+    builder = ObservationBuilder(node_config.sync, len(policy_config.cameras),
+                                 num_arms=len(policy_config.pose.arms),
+                                 num_joints=len(policy_config.pose.proprio_names))
+    inputs = {'image': builder.add_image, 'pose': builder.add_pose,
+              'joints': builder.add_joints}  # the kinds of drivers/routes.CORE_INPUTS
     observations = []
     now = 0
     for event in bag.events():
         now = event.log_time_ns
         builder.check_clock(now)
-        if event.kind == 'image':
-            builder.add_image(event.value, now)
-        elif event.kind == 'pose':
-            builder.add_pose(event.value, now)
+        if event.kind in inputs:
+            inputs[event.kind](event.value, now)
         else:
-            if event.kind == 'extra' and on_extra is not None:
+            if event.kind == 'bad':  # a message its route could not convert: counted
+                builder.drops.add(event.value[0])
+            elif event.kind == 'extra' and on_extra is not None:
                 on_extra(event)
             continue
         obs = builder.take(now)
@@ -260,12 +272,12 @@ def load_frames(bags: Sequence[Path], policy_config: PolicyConfig, node_config: 
     from vit_perception.core.preprocess import Preprocessor
     from vit_perception.drivers.bag import BagInput
 
-    num_cameras = _check_cameras(policy_config, node_config)
+    _check_inputs(policy_config, node_config)
     preprocessor = Preprocessor(policy_config.preprocess, torch.device('cpu'), torch.float32)
     frames = []
     for path in progress_bar(bags, progress, 'reading bags'):
-        with BagInput(path, node_config) as bag:
-            observations, dropped = read_observations(bag, node_config, num_cameras)
+        with BagInput(path, node_config, proprio_names=policy_config.pose.proprio_names) as bag:
+            observations, dropped = read_observations(bag, node_config, policy_config)
         if not observations:
             reasons = ', '.join(f'{r} x{n}' for r, n in dropped.items()) or 'none'
             raise BagError(f'{path}: no camera frame pairs with a pose (drops: {reasons}); '
@@ -318,15 +330,16 @@ def split_episodes(count: int, val_fraction: float, seed: int) -> tuple[list[int
 
 
 def normalization_stats(episodes: Sequence[Episode]) -> dict:
-    """pose_mean/pose_std (pose_features of the observations) and action_mean/action_std (the
-    unmasked chunk steps) of `episodes`."""
+    """pose_mean/pose_std (pose_features of the observations: every arm's, then the proprio
+    scalars) and action_mean/action_std (the unmasked chunk steps) of `episodes`."""
     import torch
 
     from vit_perception.model.pose import pose_features
 
-    position = torch.cat([e.position for e in episodes])
-    quat = torch.cat([e.quat for e in episodes])
-    features = pose_features(position.double(), quat.double())  # (N, 9)
+    position = torch.cat([e.position for e in episodes])  # (N, arms, 3)
+    quat = torch.cat([e.quat for e in episodes])  # (N, arms, 4)
+    proprio = torch.cat([e.proprio for e in episodes])  # (N, P)
+    features = pose_features(position.double(), quat.double(), proprio.double())  # (N, F)
     actions = torch.cat([e.actions[e.mask] for e in episodes]).double()  # (M, A)
 
     def std(x):

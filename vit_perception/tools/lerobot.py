@@ -245,9 +245,10 @@ def load_episodes(root: str | Path, policy_config: PolicyConfig, mapping: LeRobo
 
     root = Path(root)
     node_config = node_config or NodeConfig()
-    if policy_config.pose.proprio_names:
-        raise ConfigError(f'pose.proprio_names={policy_config.pose.proprio_names}: training '
-                          'reads no proprio inputs yet; expected an empty list')
+    if policy_config.pose.proprio_names or len(policy_config.pose.arms) > 1:
+        raise ConfigError(f'pose.arms={policy_config.pose.arms}, pose.proprio_names='
+                          f'{policy_config.pose.proprio_names}: LeRobot datasets are read as one '
+                          'arm without proprio scalars; train on bags for more')
     info = read_info(root)
     features, fps = info['features'], info['fps']
     cameras = mapping.cameras or [IMAGE_PREFIX + name for name in policy_config.cameras]
@@ -334,8 +335,9 @@ def load_episodes(root: str | Path, policy_config: PolicyConfig, mapping: LeRobo
                 (0, len(cameras), 3, *policy_config.preprocess.output_size))  # (N, C, 3, H, W)
             episodes.append(dataset.Episode(
                 name=name, pixels=pixels.float(),
-                position=torch.from_numpy(position[keep].astype(np.float32)),
-                quat=torch.from_numpy(quat[keep].astype(np.float32)),
+                position=torch.from_numpy(position[keep, None].astype(np.float32)),  # (N, 1, 3)
+                quat=torch.from_numpy(quat[keep, None].astype(np.float32)),  # (N, 1, 4)
+                proprio=torch.zeros(len(keep), 0),
                 actions=torch.from_numpy(targets), mask=torch.from_numpy(mask),
                 stamps=np.round(grid[keep] * NS_PER_S / fps).astype(np.int64),
                 action_names=list(action_names), dropped=dropped))

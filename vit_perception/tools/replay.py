@@ -5,7 +5,8 @@ each message, i.e. use_sim_time semantics) and threaded=False:
 
     for each message, in log-time order:
         control ticks (and diagnostics) due before it: clock = boundary, core.tick()
-        clock = log time, core.on_image / on_pose / on_bad_message, core.run_pending()
+        clock = log time, the input's core callback (drivers/routes.py: on_image / on_pose /
+            on_joints) or core.on_bad_message, core.run_pending()
 
 Inference runs synchronously and takes no bag time, so the output depends only on the bag and the
 checkpoint: the same inputs give a byte-identical output bag on the same machine. Nothing in that
@@ -18,7 +19,8 @@ are counted in the report (`clock_gaps`). SIGINT/SIGTERM are checked between mes
 `SIGNAL_CHECK_TICKS` ticks. The output bag is made durable every 200 messages (BagOutput): after
 a kill -9 it holds every message up to the last checkpoint.
 
-The output bag holds the embeddings, chunks and per-tick actions (topics from the config);
+The output bag holds the embeddings, chunks and per-tick actions (and twists, when configured):
+the live nodes' messages (drivers/outputs.MessageOutputs), byte for byte where stamps allow;
 `--report DIR` adds metrics.json, plots and report.md (tools/report.py).
 """
 
@@ -138,48 +140,59 @@ class TimedEngine:
             self.seconds['infer'] += time.perf_counter() - start
             self.calls['infer'] += 1
 
-    def refresh(self, pose, proprio=None, observation_stamp_ns=None):
+    def refresh(self, poses, proprio=None, observation_stamp_ns=None):
         start = time.perf_counter()
         try:
-            return self._engine.refresh(pose, proprio, observation_stamp_ns)
+            return self._engine.refresh(poses, proprio, observation_stamp_ns)
         finally:
             self.seconds['refresh'] += time.perf_counter() - start
             self.calls['refresh'] += 1
 
 
-class BagOutputs:
-    """core Outputs -> the output bag (+ what the metrics need). Log times = the bag clock."""
+class BagPublisher:
+    """A publisher (drivers/outputs.PublisherFactory) writing CDR bytes into the output bag at
+    the replay clock; `enabled=False` declares nothing and drops what it is given."""
+
+    def __init__(self, bag, topic: str, msgtype: str, qos: tuple[str, int], clock: BagClock,
+                 timer: dict, enabled: bool = True):
+        self._bag, self._topic, self._clock, self._timer = bag, topic, clock, timer
+        self._enabled = enabled
+        if enabled:
+            bag.add_topic(topic, msgtype, qos)
+
+    def publish_cdr(self, cdr) -> None:
+        if self._enabled:
+            start = time.perf_counter()
+            self._bag.write(self._topic, self._clock.now_ns, cdr)
+            self._timer['write_s'] += time.perf_counter() - start
+
+
+class ReplayOutputs:
+    """core Outputs: records what the metrics need, then hands over to the live nodes'
+    MessageOutputs (drivers/outputs.py) on BagPublishers, so replay writes the bytes a live
+    backend publishes (frame_id, hardware_id, twist; stamps from the bag clock)."""
 
     def __init__(self, bag, config, engine, clock: BagClock, record, diagnostics: bool,
                  echo=None):
-        from vit_perception.drivers import ros_types
+        from vit_perception.drivers.outputs import MessageOutputs
 
-        self._rt = ros_types
-        self._bag = bag
-        self._topics = config.topics
-        self._clock = clock
-        self._record = record
-        self._names = list(engine.action_names)
-        self._dt = float(engine.dt)
-        self._model_id = str(engine.model_id)
-        self._diagnostics = diagnostics
-        self._echo = echo
-        self.write_s = 0.0
-        qos = (config.qos.output_reliability, config.qos.output_depth)
-        bag.add_topic(self._topics.embedding, ros_types.EMBEDDING, qos)
-        bag.add_topic(self._topics.action_chunk, ros_types.ACTION_CHUNK, qos)
-        bag.add_topic(self._topics.action, ros_types.ACTION_CHUNK, qos)
-        if diagnostics:
-            bag.add_topic(self._topics.diagnostics, ros_types.DIAGNOSTIC_ARRAY, qos)
+        self._record, self._clock, self._echo = record, clock, echo
+        self._timer = {'write_s': 0.0}
 
-    def _write(self, topic: str, msg) -> None:
-        start = time.perf_counter()
-        self._bag.write(topic, self._clock.now_ns, msg)
-        self.write_s += time.perf_counter() - start
+        def make_publisher(topic: str, msgtype: str, reliability: str, depth: int):
+            enabled = diagnostics or topic != config.topics.diagnostics
+            return BagPublisher(bag, topic, msgtype, (reliability, depth), clock, self._timer,
+                                enabled)
+
+        self._messages = MessageOutputs(make_publisher, config, engine, clock)
+
+    @property
+    def write_s(self) -> float:
+        """Wall seconds spent writing the output bag."""
+        return self._timer['write_s']
 
     def publish_embedding(self, result, frame_id: str) -> None:
-        self._write(self._topics.embedding,
-                    self._rt.embedding_msg(result, self._model_id, frame_id))
+        self._messages.publish_embedding(result, frame_id)
 
     def publish_chunk(self, result) -> None:
         import numpy as np
@@ -187,9 +200,7 @@ class BagOutputs:
         chunk = np.array(result.chunk, dtype=np.float32)
         self._record.chunks.append((int(result.observation_stamp_ns), self._clock.now_ns, chunk))
         self._record.timings.append(dict(result.timings_ms))
-        self._write(self._topics.action_chunk, self._rt.action_chunk_msg(
-            result.observation_stamp_ns, self._names, self._dt, chunk,
-            result.observation_stamp_ns))
+        self._messages.publish_chunk(result)
 
     def publish_action(self, stamp_ns: int, action, observation_stamp_ns: int) -> None:
         import numpy as np
@@ -197,15 +208,12 @@ class BagOutputs:
         self._record.tick_times.append(int(stamp_ns))
         self._record.tick_actions.append(np.array(action, dtype=np.float64))
         self._record.tick_obs_stamps.append(int(observation_stamp_ns))
-        self._write(self._topics.action, self._rt.action_chunk_msg(
-            stamp_ns, self._names, self._dt, action, observation_stamp_ns))
+        self._messages.publish_action(stamp_ns, action, observation_stamp_ns)
 
     def publish_diagnostics(self, report) -> None:
         level = {0: 'ok', 1: 'warn', 2: 'error'}.get(report.level, str(report.level))
         self._record.diagnostics[level] = self._record.diagnostics.get(level, 0) + 1
-        if self._diagnostics:
-            self._write(self._topics.diagnostics, self._rt.diagnostics_msg(
-                report, self._clock.now_ns, 'vit_perception: perception'))
+        self._messages.publish_diagnostics(report)
 
     def log(self, level: str, text: str) -> None:
         line = f'[{level}] t={self._clock.now_ns / 1e9:.3f} s: {text}'
@@ -233,7 +241,7 @@ def replay(bag_path, config, engine, out, *, storage: str = 'mcap',
         raise ConfigError(f'topics.cameras has {len(config.topics.cameras)} topics but the model '
                           f'expects {len(cameras)} cameras ({", ".join(cameras)})')
     bag = BagInput(bag_path, config, [action_topic] if action_topic else [],
-                   require_extra=False)
+                   require_extra=False, proprio_names=engine.config.pose.proprio_names)
     record = reporting.ReplayRecord(action_names=list(engine.action_names), dt=float(engine.dt),
                                     horizon=int(engine.horizon), bag=str(bag_path),
                                     model=model_name or str(engine.model_id),
@@ -255,7 +263,7 @@ def replay(bag_path, config, engine, out, *, storage: str = 'mcap',
     output = None
     try:
         output = BagOutput(out, storage)
-        outputs = BagOutputs(output, config, engine, clock, record, diagnostics, echo)
+        outputs = ReplayOutputs(output, config, engine, clock, record, diagnostics, echo)
         core = PerceptionCore(config, timed, outputs, clock=clock, threaded=False)
         start = time.perf_counter()
         try:
@@ -311,6 +319,7 @@ class _Loop:
     def __init__(self, config, core, clock: BagClock, record, outputs, action_topic, action_type,
                  stop: threading.Event | None = None):
         from vit_perception.core.types import NS_PER_S
+        from vit_perception.drivers.routes import CORE_INPUTS, deliver
         from vit_perception.tools import report as reporting
 
         self.core = core
@@ -328,6 +337,7 @@ class _Loop:
         self.action_topic = action_topic
         self.action_type = action_type if action_type in reporting.ACTION_TYPES else None
         self._recorded_action = reporting.recorded_action
+        self._core_inputs, self._deliver = CORE_INPUTS, deliver
         self._names = record.action_names
 
     def handle(self, event) -> None:
@@ -349,9 +359,8 @@ class _Loop:
         record.events[kind] = record.events.get(kind, 0) + 1
         if kind == 'image':
             record.image_delays.append((t, t - event.value.stamp_ns))
-            self.core.on_image(event.value)
-        elif kind == 'pose':
-            self.core.on_pose(event.value)
+        if kind in self._core_inputs:
+            self._deliver(self.core, kind, event.value)
         elif kind == 'bad':
             reason, detail = event.value
             self.core.on_bad_message(event.topic, reason, detail)

@@ -283,7 +283,8 @@ def train(policy, episodes, options: TrainOptions, out: Path, *, resume: dict | 
             pixels = data['pixels'][batch]
             if options.augment_shift:
                 pixels = random_shift(pixels, options.augment_shift, generator)
-            _, chunk = policy(pixels, data['position'][batch], data['quat'][batch])
+            _, chunk = policy(pixels, data['position'][batch], data['quat'][batch],
+                              data['proprio'][batch])
             loss = masked_loss(chunk, targets[batch], data['mask'][batch], options.loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -365,7 +366,7 @@ def evaluate(policy, data: dict, targets, indices, options: TrainOptions,
         for i in range(0, len(indices), batch_size):
             batch = indices[i:i + batch_size]
             _, chunk = policy(data['pixels'][batch], data['position'][batch],
-                              data['quat'][batch])
+                              data['quat'][batch], data['proprio'][batch])
             mask = data['mask'][batch]
             weight = float(mask.sum()) * targets.shape[-1]
             loss_sum += float(masked_loss(chunk, targets[batch], mask, options.loss)) * weight
@@ -422,7 +423,7 @@ def _concat(episodes) -> dict:
     import torch
 
     data = {key: torch.cat([getattr(e, key) for e in episodes])
-            for key in ('pixels', 'position', 'quat', 'actions', 'mask')}
+            for key in ('pixels', 'position', 'quat', 'proprio', 'actions', 'mask')}
     data['episode'] = torch.cat([torch.full((len(e),), i) for i, e in enumerate(episodes)])
     return data
 
