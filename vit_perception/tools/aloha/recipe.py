@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vit_perception.tools.aloha.scene import JOINT_NAMES
 
-DEMO_EPISODES = 150
+DEMO_EPISODES = 100
 DEMO_SEED = 0
 IMAGE_HEIGHT = 180  # 180 x 240 top camera; the policy sees its 96 x 96 centre (the workspace)
 
@@ -39,7 +39,7 @@ RECIPE = {
     'cameras': ['camera'],
     'model_id': 'vit_perception_aloha_transfer_cube_tiny',
 }
-TRAIN_FLAGS = ['--epochs', '20', '--batch-size', '32', '--augment-shift', '2', '--seed', '0',
+TRAIN_FLAGS = ['--epochs', '30', '--batch-size', '32', '--augment-shift', '2', '--seed', '0',
                '--no-optimizer-state']
 
 
