@@ -309,3 +309,44 @@ def test_run_aloha_sim_lockstep_over_dds_with_a_responding_node():
     assert report.actions_rejected == {}
     assert received['images'] >= 81 and min(received['left'], received['right']) >= 5 * 80
     assert len(received['joints'][-1]) == 14
+
+
+# ------------------------------------------------------------------- extras, checkpoint --
+
+def test_a_missing_extra_is_one_line_naming_the_aloha_extra(monkeypatch):
+    from vit_perception.errors import ConfigError
+    from vit_perception.tools import cli, extras
+
+    real = extras.importable
+    monkeypatch.setattr(extras, 'importable', lambda name: name != 'mujoco' and real(name))
+    for argv in (['sim', '--task', 'aloha-transfer-cube'],
+                 ['demo', '--task', 'aloha-transfer-cube']):
+        with pytest.raises(ConfigError) as err:
+            extras.check(cli.build_parser().parse_args(argv))
+        assert str(err.value) == ("needs the extra aloha (missing mujoco): pip install -e "
+                                  "'.[aloha]' in the vit_perception checkout")
+    assert extras.needed(cli.build_parser().parse_args(['sim'])) == ('dds', 'sim')
+
+
+def test_the_aloha_extra_is_what_the_benchmark_imports():
+    import runpy
+    from pathlib import Path
+    from unittest import mock
+
+    with mock.patch('setuptools.setup') as setup:
+        runpy.run_path(str(Path(__file__).resolve().parents[2] / 'setup.py'))
+    extras = setup.call_args.kwargs['extras_require']
+    assert set(extras['aloha']) == set(extras['sim'] + extras['dds'] + extras['eval'])
+    assert not any('gym' in req or 'dm-control' in req for req in extras['aloha'])
+
+
+def test_node_parameters_point_the_node_at_the_sim():
+    from vit_perception.config import load_node_config
+    from vit_perception.tools.aloha.demo import JOINT_LIMITS, node_overrides
+
+    config = load_node_config(None, node_overrides())
+    assert config.topics.cameras == ['/camera/image_raw']
+    assert config.topics.poses == ['/left/ee_pose', '/right/ee_pose']
+    assert config.topics.joint_states == '/joint_states'
+    assert config.safety.action_min == [lo for lo, _ in JOINT_LIMITS]
+    assert len(config.safety.action_max) == 14 and config.safety.action_max[6] == 1.0
