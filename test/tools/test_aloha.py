@@ -350,3 +350,50 @@ def test_node_parameters_point_the_node_at_the_sim():
     assert config.topics.joint_states == '/joint_states'
     assert config.safety.action_min == [lo for lo, _ in JOINT_LIMITS]
     assert len(config.safety.action_max) == 14 and config.safety.action_max[6] == 1.0
+
+
+def test_the_shipped_checkpoint_is_small_and_loads():
+    from vit_perception.model.checkpoint import load_checkpoint
+    from vit_perception.tools.aloha.demo import DEFAULT_CHECKPOINT
+
+    files = list(DEFAULT_CHECKPOINT.iterdir())
+    assert sum(f.stat().st_size for f in files) <= 2 * 1024 * 1024
+    assert sorted(f.name for f in files) == ['config.json', 'model.safetensors',
+                                             'normalization.json']
+    policy, info = load_checkpoint(DEFAULT_CHECKPOINT)
+    config = policy.config
+    assert config.pose.arms == ['left', 'right'] and config.pose.proprio_names == list(
+        JOINT_NAMES)
+    assert config.actions.names == list(JOINT_NAMES) and config.ablate_images is False
+    assert info['episodes'] == 100
+    # on held-out episodes the model beats the mean action on most joints
+    better = [mae < base for mae, base in zip(info['val_mae'], info['val_baseline_mae'])]
+    assert sum(better) >= 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_demo_one_episode_with_the_shipped_checkpoint(tmp_path):
+    """CI's smoke: sim and node as two processes over DDS, the shipped checkpoint, 1 episode."""
+    import subprocess
+    import sys
+
+    report = tmp_path / 'report'
+    out = subprocess.run(
+        [sys.executable, '-m', 'vit_perception.tools.cli', 'demo', '--task',
+         'aloha-transfer-cube', '--episodes', '1', '--report', str(report)],
+        capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith('transfer ') and '/1 (' in out.stdout
+    sim = json.loads((report / 'sim.json').read_text())
+    (episode,) = sim['episodes']
+    assert episode['seed'] == 1000 and episode['steps'] == 80
+    assert episode['missed_actions'] == 0 and sim['actions_rejected'] == {}
+    stats = json.loads((report / 'node_stats.json').read_text())
+    assert stats['image_to_chunk_ms']['count'] >= 80
+    text = (report / 'report.md').read_text()
+    assert '| 0 | 1000 |' in text and 'Transfer' in text
+    assert (report / 'episode_00.png').stat().st_size > 0
+    topics = read_bag(report / 'bags' / 'episode_0000')
+    executed = [ros_types.chunk_from_msg(m) for _, _, m in topics['/vit_perception/action']]
+    assert len(executed) == 80 and all(a.names == list(JOINT_NAMES) for a in executed)

@@ -46,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='checkpoint directory (default: the shipped checkpoint)')
     parser.add_argument('--domain-id', type=int, default=None,
                         help='ROS domain id (default: a private one derived from the process id)')
-    parser.add_argument('--image-size', type=int, default=96,
-                        help='sim camera size in pixels (default 96, what the shipped '
-                        'checkpoint was trained on)')
+    parser.add_argument('--image-size', type=int, default=None,
+                        help='sim camera size in pixels (default: what the shipped checkpoint '
+                        'was trained on: reach 96; aloha-transfer-cube 180, the top camera '
+                        'height, width 4/3 of it)')
     parser.add_argument('--max-steps', type=int, default=60,
                         help='control steps (0.1 s) before an episode times out (default 60)')
     parser.add_argument('--set', dest='overrides', action='append', default=[],
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if aloha:
         from vit_perception.tools.aloha import demo as task
     checkpoint = _resolve_checkpoint(args.model, task.DEFAULT_CHECKPOINT if aloha else None)
+    if args.image_size is None:
+        args.image_size = task.IMAGE_HEIGHT if aloha else 96
     report_dir = Path(args.report)
     if (report_dir / 'bags').exists():
         raise ConfigError(f'{report_dir}/bags exists: expected a new --report directory (bags '

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vit_perception.tools.aloha.recipe import IMAGE_HEIGHT
 from vit_perception.tools.aloha.record import AlohaTopics
 from vit_perception.tools.aloha.report import write_report
 
-__all__ = ['DEFAULT_CHECKPOINT', 'JOINT_LIMITS', 'node_parameters', 'node_overrides',
-           'write_report']
+__all__ = ['DEFAULT_CHECKPOINT', 'IMAGE_HEIGHT', 'JOINT_LIMITS', 'node_parameters',
+           'node_overrides', 'write_report']
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / 'data' / 'aloha_checkpoint'
 

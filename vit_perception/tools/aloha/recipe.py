@@ -26,11 +26,11 @@ DEMO_EPISODES = 100
 DEMO_SEED = 0
 IMAGE_HEIGHT = 180  # 180 x 240 top camera; the policy sees its 96 x 96 centre (the workspace)
 
-# A tiny early-fusion ViT: 96 px crop, 12 px patches (64 tokens), one token per arm (left,
+# A tiny early-fusion ViT: 96 px crop, 16 px patches (36 tokens), one token per arm (left,
 # right; the 14 joint positions ride on the first), 1 s chunks of 14 joint targets at 10 Hz.
 RECIPE = {
     'backbone': {'hidden_size': 64, 'num_layers': 3, 'num_heads': 4, 'mlp_ratio': 2,
-                 'patch_size': 12, 'image_size': 96},
+                 'patch_size': 16, 'image_size': 96},
     'pose': {'num_tokens': 1, 'arms': ['left', 'right'], 'proprio_names': list(JOINT_NAMES)},
     'fusion': {'mode': 'early', 'late_heads': 4, 'late_layers': 1},
     'actions': {'horizon': 10, 'dt': 0.1, 'names': list(JOINT_NAMES)},
@@ -39,7 +39,7 @@ RECIPE = {
     'cameras': ['camera'],
     'model_id': 'vit_perception_aloha_transfer_cube_tiny',
 }
-TRAIN_FLAGS = ['--epochs', '30', '--batch-size', '32', '--augment-shift', '2', '--seed', '0',
+TRAIN_FLAGS = ['--epochs', '12', '--batch-size', '32', '--augment-shift', '2', '--seed', '0',
                '--no-optimizer-state']
 
 
