@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     python = sys.executable
     node_cmd = [python, '-m', 'vit_perception.tools.demo', 'node', '--model', str(checkpoint),
                 '--domain-id', str(domain), '--stats', str(report_dir / 'node_stats.json')]
-    for item in (task.node_overrides() if aloha else []) + args.overrides:
+    for item in (task.node_overrides(checkpoint) if aloha else []) + args.overrides:
         node_cmd += ['--set', item]
     sim_cmd = [python, '-m', 'vit_perception.tools.cli', 'sim', '--episodes',
                str(args.episodes), '--seed', str(args.seed), '--domain-id', str(domain),

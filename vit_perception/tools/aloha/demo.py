@@ -21,15 +21,22 @@ ARM_LIMITS = [(-3.14158, 3.14158), (-1.85005, 1.25664), (-1.76278, 1.6057),
 JOINT_LIMITS = ARM_LIMITS * 2  # JOINT_NAMES order
 
 
-def node_parameters(topics: AlohaTopics = AlohaTopics()) -> dict[str, object]:
-    """Node parameters (dotted) for the ALOHA sim: its topics, and the joint limits as the
-    node's action clamp (the one place limits are enforced)."""
-    return {'topics.cameras': [topics.image], 'topics.poses': list(topics.poses),
+def node_parameters(arms: list[str] = ('left', 'right'),
+                    topics: AlohaTopics = AlohaTopics()) -> dict[str, object]:
+    """Node parameters (dotted) for the ALOHA sim: its topics (the pose topics of the
+    checkpoint's `pose.arms`, in order), and the joint limits as the node's action clamp (the
+    one place limits are enforced)."""
+    by_arm = dict(zip(('left', 'right'), topics.poses))
+    return {'topics.cameras': [topics.image], 'topics.poses': [by_arm[arm] for arm in arms],
             'topics.joint_states': topics.joint_states,
             'safety.action_min': [lo for lo, _ in JOINT_LIMITS],
             'safety.action_max': [hi for _, hi in JOINT_LIMITS]}
 
 
-def node_overrides(topics: AlohaTopics = AlohaTopics()) -> list[str]:
-    """node_parameters as `--set key=value` items (values JSON, which YAML reads)."""
-    return [f'{key}={json.dumps(value)}' for key, value in node_parameters(topics).items()]
+def node_overrides(checkpoint: Path | None = None) -> list[str]:
+    """node_parameters for the checkpoint's arms as `--set key=value` items (values JSON, which
+    YAML reads)."""
+    arms = ['left', 'right']
+    if checkpoint is not None:
+        arms = json.loads((Path(checkpoint) / 'config.json').read_text())['pose']['arms']
+    return [f'{key}={json.dumps(value)}' for key, value in node_parameters(arms).items()]

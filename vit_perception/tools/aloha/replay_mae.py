@@ -60,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    node_yaml = out / 'node.yaml'
-    node_yaml.write_text(yaml.safe_dump(node_parameters(), sort_keys=False))
     bags = find_bags(args.bags)
     names = list(JOINT_NAMES)
     summary = {'bags': [str(b) for b in bags], 'models': {}}
     baseline = None
     for model in args.model:
+        arms = json.loads((Path(model) / 'config.json').read_text())['pose']['arms']
+        node_yaml = out / f'{Path(model).name}_node.yaml'
+        node_yaml.write_text(yaml.safe_dump(node_parameters(arms), sort_keys=False))
         results = [replay_bag(bag, Path(model), out / Path(model).name / bag.name, node_yaml)
                    for bag in tqdm(bags, desc=f'replay {Path(model).name}', unit='bag',
                                    disable=None)]
