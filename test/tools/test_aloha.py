@@ -362,8 +362,8 @@ def test_the_shipped_checkpoint_is_small_and_loads():
                                              'normalization.json']
     policy, info = load_checkpoint(DEFAULT_CHECKPOINT)
     config = policy.config
-    assert config.pose.arms == ['left', 'right'] and config.pose.proprio_names == list(
-        JOINT_NAMES)
+    assert config.pose.arms == ['left']
+    assert config.pose.proprio_names == [*JOINT_NAMES[:7], 'right_gripper']
     assert config.actions.names == list(JOINT_NAMES) and config.ablate_images is False
     assert info['episodes'] == 100
     # on held-out episodes the model beats the mean action on most joints

@@ -32,14 +32,13 @@ from vit_perception.tools.aloha.scene import (
     Sample,
 )
 from vit_perception.tools.sim.record import (
-    ACTION_CHUNK,
     CLOCK,
     IMAGE,
     POSE,
     START_NS,
-    STRING,
     BagWriter,
     Emit,
+    EpisodeStream,
 )
 
 JOINT_STATE = 'sensor_msgs/msg/JointState'
@@ -70,16 +69,14 @@ def joint_state_msg(stamp_ns: int, names, positions: np.ndarray):
         velocity=np.zeros(0, dtype=np.float64), effort=np.zeros(0, dtype=np.float64))
 
 
-class AlohaStream:
-    """Turns simulator states into the messages the robot would publish, in time order."""
+class AlohaStream(EpisodeStream):
+    """Turns simulator states into the messages the robot would publish, in time order
+    (clock_msg, action and event as the reach sim's)."""
+
+    names = JOINT_NAMES
 
     def __init__(self, env: AlohaEnv, emit: Emit, topics: AlohaTopics = AlohaTopics()):
-        from vit_perception.drivers import ros_types
-
-        self.env, self.emit, self.topics, self._rt = env, emit, topics, ros_types
-
-    def clock_msg(self, stamp_ns: int) -> object:
-        return self._rt.clock_msg(stamp_ns)
+        super().__init__(env, emit, topics)
 
     def sample(self, sample: Sample) -> None:
         """/clock, both gripper poses and the joint states at the sample's stamp."""
@@ -104,19 +101,6 @@ class AlohaStream:
         """The newest sample and the image again (lock-step: an answer did not come)."""
         self.sample(state.sample)
         self.observation(state, samples=False)
-
-    def action(self, topic: str, stamp_ns: int, targets: np.ndarray,
-               observation_stamp_ns: int | None = None) -> None:
-        """An ActionChunk with horizon 1 (names = JOINT_NAMES, dt = control period)."""
-        obs = stamp_ns if observation_stamp_ns is None else observation_stamp_ns
-        self.emit(topic, ACTION_CHUNK, stamp_ns, self._rt.action_chunk_msg(
-            stamp_ns, JOINT_NAMES, self.env.control_dt, np.asarray(targets).reshape(1, -1), obs))
-
-    def event(self, stamp_ns: int, info: dict) -> None:
-        """/sim/episode: one JSON object (event 'start' or 'end', seed, cube, rewards...)."""
-        text = json.dumps(info, sort_keys=True)
-        self.emit(self.topics.episode, STRING, stamp_ns,
-                  self._rt.msg_class(STRING)(data=text))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import numpy as np
 
 from vit_perception.tools.aloha.expert import TransferCubeExpert
 from vit_perception.tools.aloha.record import (
-    ACTION_CHUNK,
     AlohaEpisode,
     AlohaStream,
     AlohaTopics,
@@ -25,6 +24,7 @@ from vit_perception.tools.aloha.record import (
     summarize,
 )
 from vit_perception.tools.aloha.scene import JOINT_NAMES, AlohaEnv
+from vit_perception.tools.sim.record import ACTION_CHUNK
 from vit_perception.tools.sim.sim_process import (
     SimLoop,
     SimReport,
