@@ -326,7 +326,6 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
     rate = successes / len(episodes)
     chunk = stats.get('image_to_chunk_ms', {})
     action = stats.get('image_to_action_ms', {})
-    engine_total = stats.get('engine_ms', {}).get('total', {})
     lines = [
         '# vit-perception demo', '',
         f'Checkpoint `{checkpoint}`, {len(episodes)} episodes from seed {args.seed}, sim and node '
@@ -338,12 +337,7 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
     for e in episodes:
         lines.append(f'| {e["index"]} | {e["seed"]} | {"yes" if e["success"] else "no"} | '
                      f'{e["steps"]} | {e["final_error_m"]:.3f} | {e.get("missed_actions", 0)} |')
-    lines += ['', '## Latency (wall clock, measured inside the node process)', '',
-              '| path | p50 ms | p99 ms | samples |', '|---|---|---|---|',
-              _latency_row('image in -> action chunk out', chunk),
-              _latency_row('image in -> first action out (incl. the sim-time tick)', action),
-              _latency_row(f'engine.infer total ({stats.get("dtype", "?")})',
-                           dict(engine_total, count='')), '',
+    lines += latency_lines(stats) + [
               "The action waits for the node's control timer, which runs on sim time: in "
               'lock-step the sim advances /clock once it has seen the chunk, so image -> action '
               'includes one DDS round trip to the sim.', '',
@@ -356,6 +350,18 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
                f' ms, image->action p50 {action.get("p50", float("nan")):.1f} ms; report: '
                f'{report_dir / "report.md"}')
     return summary
+
+
+def latency_lines(stats: dict) -> list[str]:
+    """The report's latency section from node_stats.json."""
+    engine_total = stats.get('engine_ms', {}).get('total', {})
+    return ['', '## Latency (wall clock, measured inside the node process)', '',
+            '| path | p50 ms | p99 ms | samples |', '|---|---|---|---|',
+            _latency_row('image in -> action chunk out', stats.get('image_to_chunk_ms', {})),
+            _latency_row('image in -> first action out (incl. the sim-time tick)',
+                         stats.get('image_to_action_ms', {})),
+            _latency_row(f'engine.infer total ({stats.get("dtype", "?")})',
+                         dict(engine_total, count='')), '']
 
 
 def _latency_row(label: str, values: dict) -> str:

@@ -86,7 +86,7 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
 
     from vit_perception.tools.aloha.command import rates
     from vit_perception.tools.dataset import progress_bar
-    from vit_perception.tools.demo import _latency_row
+    from vit_perception.tools.demo import latency_lines
 
     logging.getLogger('OpenGL').setLevel(logging.WARNING)
     sim = json.loads((report_dir / 'sim.json').read_text())
@@ -104,7 +104,6 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
     count = {key: sum(e[key] for e in episodes) for key in ('success', 'lift', 'touch')}
     chunk = stats.get('image_to_chunk_ms', {})
     action = stats.get('image_to_action_ms', {})
-    engine_total = stats.get('engine_ms', {}).get('total', {})
     lines = [
         '# vit-perception demo: ALOHA transfer-cube', '',
         f'Checkpoint `{checkpoint}`, {n} episodes from seed {args.seed}, sim and node as '
@@ -121,12 +120,7 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
         lines.append(f'| {e["index"]} | {e["seed"]} | {yes[e["success"]]} | {yes[e["lift"]]} | '
                      f'{yes[e["touch"]]} | {e["max_reward"]} | {e["cube"][0]:.3f}, '
                      f'{e["cube"][1]:.3f} | {e.get("missed_actions", 0)} |')
-    lines += ['', '## Latency (wall clock, measured inside the node process)', '',
-              '| path | p50 ms | p99 ms | samples |', '|---|---|---|---|',
-              _latency_row('image in -> action chunk out', chunk),
-              _latency_row('image in -> first action out (incl. the sim-time tick)', action),
-              _latency_row(f'engine.infer total ({stats.get("dtype", "?")})',
-                           dict(engine_total, count='')), '']
+    lines += latency_lines(stats)
     for name in figures:
         lines += [f'![{name}]({name})', '']
     (report_dir / 'report.md').write_text('\n'.join(lines))
