@@ -26,6 +26,9 @@ EXTRAS = {
     'runtimes': ['openvino>=2026.4,<2027', 'onnxruntime>=1.32,<1.33', 'onnx>=1.23,<1.24',
                  'onnxscript>=0.7,<0.8'],
 }
+# The ALOHA transfer-cube benchmark (sim, demo --task aloha-transfer-cube): plain MuJoCo with the
+# MJCF assets shipped in the package (from gym-aloha, Apache-2.0), the DDS wire, reports.
+EXTRAS['aloha'] = sorted(set(EXTRAS['sim'] + EXTRAS['dds'] + EXTRAS['eval']))
 EXTRAS['all'] = sorted(set(chain.from_iterable(EXTRAS.values())))
 # Test tools, bounded to the releases run (pytest 9.0.3 and 9.2.0, hypothesis 6.155 and 6.170,
 # ruff 0.17.6, pytest-timeout 2.4): a new release can break them (pytest 9.2 rejects a nested

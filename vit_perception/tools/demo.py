@@ -31,6 +31,11 @@ from vit_perception.tools.harness import LOOPBACK_URI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--task', choices=['reach', 'aloha-transfer-cube'], default='reach',
+                        help='reach: the table-top arm (default); aloha-transfer-cube: the ALOHA '
+                        'bimanual cube transfer (ACT) with its shipped checkpoint')
+    parser.add_argument('--pictures', type=int, default=10,
+                        help='aloha-transfer-cube: pictures for the first N episodes (default 10)')
     parser.add_argument('--episodes', type=int, default=5, help='episodes to run (default 5)')
     parser.add_argument('--seed', type=int, default=1000,
                         help='episode i uses seed SEED + i (default 1000; the shipped checkpoint '
@@ -41,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='checkpoint directory (default: the shipped checkpoint)')
     parser.add_argument('--domain-id', type=int, default=None,
                         help='ROS domain id (default: a private one derived from the process id)')
-    parser.add_argument('--image-size', type=int, default=96,
-                        help='sim camera size in pixels (default 96, what the shipped '
-                        'checkpoint was trained on)')
+    parser.add_argument('--image-size', type=int, default=None,
+                        help='sim camera size in pixels (default: what the shipped checkpoint '
+                        'was trained on: reach 96; aloha-transfer-cube 180, the top camera '
+                        'height, width 4/3 of it)')
     parser.add_argument('--max-steps', type=int, default=60,
                         help='control steps (0.1 s) before an episode times out (default 60)')
     parser.add_argument('--set', dest='overrides', action='append', default=[],
@@ -61,7 +67,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f'--episodes {args.episodes}: expected >= 1')
-    checkpoint = _resolve_checkpoint(args.model)
+    aloha = args.task == 'aloha-transfer-cube'
+    if aloha:
+        from vit_perception.tools.aloha import demo as task
+    checkpoint = _resolve_checkpoint(args.model, task.DEFAULT_CHECKPOINT if aloha else None)
+    if args.image_size is None:
+        args.image_size = task.IMAGE_HEIGHT if aloha else 96
     report_dir = Path(args.report)
     if (report_dir / 'bags').exists():
         raise ConfigError(f'{report_dir}/bags exists: expected a new --report directory (bags '
@@ -75,11 +86,12 @@ def run(args: argparse.Namespace) -> int:
     python = sys.executable
     node_cmd = [python, '-m', 'vit_perception.tools.demo', 'node', '--model', str(checkpoint),
                 '--domain-id', str(domain), '--stats', str(report_dir / 'node_stats.json')]
-    for item in args.overrides:
+    for item in (task.node_overrides(checkpoint) if aloha else []) + args.overrides:
         node_cmd += ['--set', item]
     sim_cmd = [python, '-m', 'vit_perception.tools.cli', 'sim', '--episodes',
                str(args.episodes), '--seed', str(args.seed), '--domain-id', str(domain),
-               '--image-size', str(args.image_size), '--max-steps', str(args.max_steps),
+               '--image-size', str(args.image_size),
+               *(['--task', args.task] if aloha else ['--max-steps', str(args.max_steps)]),
                '--record', str(report_dir / 'bags'), '--report', str(report_dir / 'sim.json'),
                '--startup-timeout', str(max(60.0, min(args.timeout, 300.0)))]
     print(f'vit-perception demo: {args.episodes} episodes from seed {args.seed}, domain {domain}'
@@ -105,16 +117,17 @@ def run(args: argparse.Namespace) -> int:
     finally:
         children.stop_all()
     elapsed = time.monotonic() - started
-    summary = write_report(report_dir, checkpoint, args, domain, elapsed)
+    summary = (task.write_report if aloha else write_report)(report_dir, checkpoint, args,
+                                                              domain, elapsed)
     print(summary)
     return 0
 
 
-def _resolve_checkpoint(model: str) -> Path:
+def _resolve_checkpoint(model: str, default: Path | None = None) -> Path:
     from vit_perception.core.engine import DEFAULT_CHECKPOINT
     from vit_perception.errors import CheckpointError
 
-    path = Path(model) if model else DEFAULT_CHECKPOINT
+    path = Path(model) if model else (default or DEFAULT_CHECKPOINT)
     if not (path / 'model.safetensors').is_file():
         raise CheckpointError(f'{path}: no checkpoint there (config.json + model.safetensors + '
                               'normalization.json); regenerate the shipped one with '
@@ -311,7 +324,6 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
     rate = successes / len(episodes)
     chunk = stats.get('image_to_chunk_ms', {})
     action = stats.get('image_to_action_ms', {})
-    engine_total = stats.get('engine_ms', {}).get('total', {})
     lines = [
         '# vit-perception demo', '',
         f'Checkpoint `{checkpoint}`, {len(episodes)} episodes from seed {args.seed}, sim and node '
@@ -323,12 +335,7 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
     for e in episodes:
         lines.append(f'| {e["index"]} | {e["seed"]} | {"yes" if e["success"] else "no"} | '
                      f'{e["steps"]} | {e["final_error_m"]:.3f} | {e.get("missed_actions", 0)} |')
-    lines += ['', '## Latency (wall clock, measured inside the node process)', '',
-              '| path | p50 ms | p99 ms | samples |', '|---|---|---|---|',
-              _latency_row('image in -> action chunk out', chunk),
-              _latency_row('image in -> first action out (incl. the sim-time tick)', action),
-              _latency_row(f'engine.infer total ({stats.get("dtype", "?")})',
-                           dict(engine_total, count='')), '',
+    lines += latency_lines(stats) + [
               "The action waits for the node's control timer, which runs on sim time: in "
               'lock-step the sim advances /clock once it has seen the chunk, so image -> action '
               'includes one DDS round trip to the sim.', '',
@@ -341,6 +348,18 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
                f' ms, image->action p50 {action.get("p50", float("nan")):.1f} ms; report: '
                f'{report_dir / "report.md"}')
     return summary
+
+
+def latency_lines(stats: dict) -> list[str]:
+    """The report's latency section from node_stats.json."""
+    engine_total = stats.get('engine_ms', {}).get('total', {})
+    return ['', '## Latency (wall clock, measured inside the node process)', '',
+            '| path | p50 ms | p99 ms | samples |', '|---|---|---|---|',
+            _latency_row('image in -> action chunk out', stats.get('image_to_chunk_ms', {})),
+            _latency_row('image in -> first action out (incl. the sim-time tick)',
+                         stats.get('image_to_action_ms', {})),
+            _latency_row(f'engine.infer total ({stats.get("dtype", "?")})',
+                         dict(engine_total, count='')), '']
 
 
 def _latency_row(label: str, values: dict) -> str:

@@ -20,6 +20,7 @@ PROVIDES = {
     'bench': ('PIL', 'psutil'),
     'lerobot': ('pyarrow', 'av'),
     'runtimes': ('openvino', 'onnxruntime', 'onnx', 'onnxscript'),
+    'aloha': ('mujoco', 'cyclonedds', 'rosbags', 'matplotlib', 'tqdm'),
 }
 
 # command -> the extras it always needs (node and bench depend on their flags: see `needed`)
@@ -39,6 +40,8 @@ def needed(args: argparse.Namespace) -> tuple[str, ...]:
         return ('dds',) if select_backend(args.backend) == 'dds' else ()
     if args.command == 'bench' and (args.live or args.soak):
         return ('bench', 'dds')
+    if args.command in ('sim', 'demo') and getattr(args, 'task', '') == 'aloha-transfer-cube':
+        return ('aloha',)
     if args.command == 'export':  # --onnx names onnx/onnxscript itself when they are missing
         return ('eval', 'lerobot') if args.to_lerobot else ()
     return NEEDS.get(args.command, ())

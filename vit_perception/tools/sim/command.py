@@ -3,6 +3,7 @@
     vit-perception sim                       # lock-step with a node on sim time (policy drives)
     vit-perception sim --expert              # scripted expert publishes, real time
     vit-perception sim --expert --offline --record bags/ --episodes 200   # demos, no DDS
+    vit-perception sim --task aloha-transfer-cube ...   # the ALOHA bimanual task (tools/aloha)
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ import signal
 import sys
 import threading
 
+TASKS = ('reach', 'aloha-transfer-cube')
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--task', choices=TASKS, default='reach',
+                        help='reach: the table-top arm (default); aloha-transfer-cube: the '
+                        'ALOHA bimanual cube transfer (ACT), 400 steps of 20 ms, top camera')
     parser.add_argument('--episodes', type=int, default=10, help='episodes to run (default 10)')
     parser.add_argument('--seed', type=int, default=0,
                         help='episode i uses seed SEED + i (puck, start pose, colours, light)')
@@ -28,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='bag storage plugin (default mcap)')
     parser.add_argument('--domain-id', type=int, default=-1,
                         help='ROS domain id (default: $ROS_DOMAIN_ID or 0)')
-    parser.add_argument('--image-size', type=int, default=96,
-                        help='scene camera image size in pixels, square (default 96)')
+    parser.add_argument('--image-size', type=int, default=None,
+                        help='reach: scene camera size in pixels, square (default 96); '
+                        'aloha-transfer-cube: top camera height, width 4/3 of it (default 96)')
     parser.add_argument('--wrist-image-size', type=int, default=None,
                         help='wrist camera image size (default: --image-size)')
     parser.add_argument('--max-steps', type=int, default=60,
@@ -57,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
     if args.offline and not (args.expert and args.record):
         raise ConfigError('--offline records expert demonstrations: expected --expert and '
                           '--record DIR with it')
+    if args.task == 'aloha-transfer-cube':
+        from vit_perception.tools.aloha.command import run_sim
+
+        return run_sim(args)
+    if args.image_size is None:
+        args.image_size = 96
     if args.offline:
         from vit_perception.tools.sim.record import record_episodes
 

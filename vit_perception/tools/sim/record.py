@@ -61,6 +61,8 @@ Emit = Callable[[str, str, int, object], None]
 class EpisodeStream:
     """Turns simulator states into the messages a robot would publish, in time order."""
 
+    names = ACTION_NAMES  # of the ActionChunk messages
+
     def __init__(self, env: ReachEnv, emit: Emit, topics: SimTopics = SimTopics()):
         from vit_perception.drivers import ros_types
 
@@ -87,15 +89,20 @@ class EpisodeStream:
             self.emit(topic, IMAGE, t,
                       self._rt.image_msg(t, frame, self.env.render(camera), 'rgb8'))
 
+    def resend(self, state: SimState) -> None:
+        """The newest pose and both images again (lock-step: an answer did not come)."""
+        self.pose(state.stamp_ns, state.ee_position, state.ee_orientation)
+        self.observation(state, poses=False)
+
     def action(self, topic: str, stamp_ns: int, action: np.ndarray,
                observation_stamp_ns: int | None = None) -> None:
-        """An ActionChunk with horizon 1 (names = ACTION_NAMES, dt = control period)."""
+        """An ActionChunk with horizon 1 (names = self.names, dt = control period)."""
         obs = stamp_ns if observation_stamp_ns is None else observation_stamp_ns
         self.emit(topic, ACTION_CHUNK, stamp_ns, self._rt.action_chunk_msg(
-            stamp_ns, ACTION_NAMES, self.env.control_dt, np.asarray(action).reshape(1, -1), obs))
+            stamp_ns, self.names, self.env.control_dt, np.asarray(action).reshape(1, -1), obs))
 
     def event(self, stamp_ns: int, info: dict) -> None:
-        """/sim/episode: one JSON object (event 'start' or 'end', seed, target, success...)."""
+        """/sim/episode: one JSON object (event 'start' or 'end', seed, outcome...)."""
         text = json.dumps(info, sort_keys=True)
         self.emit(self.topics.episode, STRING, stamp_ns,
                   self._rt.msg_class(STRING)(data=text))

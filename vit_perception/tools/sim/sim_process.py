@@ -28,8 +28,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,18 +53,20 @@ from vit_perception.tools.sim.scene import ACTION_NAMES, NS_PER_S, ReachEnv, Sim
 
 @dataclass(frozen=True)
 class ReceivedAction:
-    """One action from the policy, mapped onto ACTION_NAMES (missing names are 0)."""
+    """One action from the policy, mapped onto the sim's action names (missing names are 0)."""
 
     stamp_ns: int  # header stamp: the node's clock when it published
     observation_stamp_ns: int  # the observation it was conditioned on
-    action: np.ndarray  # (7,) float64
+    action: np.ndarray  # (A,) float64, the inbox's names
     msg: object  # the ActionChunk message as received (recorded as is)
 
 
 class ActionInbox:
     """Thread-safe slot for the policy's actions: the subscriber puts, the sim loop waits."""
 
-    def __init__(self, log: Callable[[str], None] | None = None):
+    def __init__(self, log: Callable[[str], None] | None = None,
+                 names: Sequence[str] = ACTION_NAMES):
+        self.names = tuple(names)
         self._cond = threading.Condition()
         self._newest: ReceivedAction | None = None  # newest by observation stamp
         self._last: ReceivedAction | None = None  # last to arrive
@@ -82,13 +84,13 @@ class ActionInbox:
         except ConfigError as err:
             self._reject('malformed', str(err))
             return
-        known = [name for name in ACTION_NAMES if name in data.names]
+        known = [name for name in self.names if name in data.names]
         if not known:
             self._reject('no_known_names', f'action names {data.names}: expected some of '
-                                           f'{list(ACTION_NAMES)}')
+                                           f'{list(self.names)}')
             return
-        action = np.zeros(len(ACTION_NAMES))
-        for j, name in enumerate(ACTION_NAMES):
+        action = np.zeros(len(self.names))
+        for j, name in enumerate(self.names):
             if name in data.names:
                 action[j] = data.chunk[0, data.names.index(name)]
         if not np.all(np.isfinite(action)):
@@ -193,7 +195,7 @@ class SimLoop:
         self._publish_raw = publish
         self._clock_sent = -1  # newest /clock published: /clock never goes back
         self._nudge_ns = env.control_dt_ns // 2 - 1_000_000
-        self.expert = ReachExpert(env.task)
+        self.expert = self.make_expert()
         self.lockstep = lockstep
         self.action_timeout = action_timeout
         self.startup_timeout = startup_timeout
@@ -207,13 +209,24 @@ class SimLoop:
         self.stop = stop or threading.Event()
         self.log = log or _stderr_log
         self._bag: BagWriter | None = None
-        self.stream = EpisodeStream(env, self._emit, topics)
-        self._live = EpisodeStream(env, self.publish, topics)  # publish only, never recorded
+        self.stream = self.make_stream(self._emit)
+        self._live = self.make_stream(self.publish)  # publish only, never recorded
         self._resent = 0
 
     @property
     def mode(self) -> str:
         return 'expert' if self.inbox is None else 'policy'
+
+    # A task's loop overrides these three and _episode.
+    def make_expert(self):
+        return ReachExpert(self.env.task)
+
+    def make_stream(self, emit: Emit):
+        return EpisodeStream(self.env, emit, self.topics)
+
+    def idle_action(self) -> np.ndarray:
+        """What the robot does while the sim waits for the policy to start: hold still."""
+        return np.zeros(len(ACTION_NAMES))
 
     # ------------------------------------------------------------------------- outputs --
 
@@ -258,7 +271,7 @@ class SimLoop:
                     self._bag.close()
                     self._bag = None
             if bag_path is not None:
-                summary = EpisodeSummary(**(summary.to_dict() | {'path': str(bag_path)}))
+                summary = replace(summary, path=str(bag_path))
             report.episodes.append(summary)
             t = self.env.stamp_ns + self.gap_ns
         if self.inbox is not None:
@@ -334,8 +347,7 @@ class SimLoop:
             if resend is not None and now >= resend:
                 resend = None
                 self._resent += 1
-                self._live.pose(t, state.ee_position, state.ee_orientation)
-                self._live.observation(state, poses=False)
+                self._live.resend(state)
             else:  # physics stands still while we wait; a node ticking on /clock must hear it
                 self._publish_clock(max(self._clock_sent, t))
         return None
@@ -356,7 +368,7 @@ class SimLoop:
                 raise SimError(f'no action on {self.topics.action} within '
                                f'{self.startup_timeout:g} s: expected a vit_perception node on '
                                'the same ROS domain, using sim time (/clock)')
-            state = env.step(np.zeros(len(ACTION_NAMES)))
+            state = env.step(self.idle_action())
             stream.observation(state)
         return env.stamp_ns
 
@@ -394,29 +406,14 @@ def run_sim(domain_id: int = -1, episodes: int = 10, seed: int = 0, expert: bool
     with `ros2 bag record`), 0 (as fast as the policy answers) in lock-step, 1.0 free-running.
     record_dir: one bag per episode, as `record_episodes` writes, plus the policy's actions.
     """
-    from vit_perception.drivers import dds, ros_types
+    from vit_perception.drivers import dds
 
     if real_time_factor is None:
         real_time_factor = 1.0 if (expert or not lockstep) else 0.0
     log = log or _stderr_log
-    qos = {IMAGE: dds.qos_profile('reliable', 5)}  # reliable matches best-effort readers too
     with ReachEnv(seed, image_size=image_size, wrist_image_size=wrist_image_size,
                   max_steps=max_steps) as env, dds.DdsTransport(domain_id) as transport:
-        publishers: dict[str, dds.DdsPublisher] = {}
-
-        def publish(topic: str, msgtype: str, stamp_ns: int, msg: object) -> None:
-            pub = publishers.get(topic)
-            if pub is None:
-                pub = publishers[topic] = transport.publisher(
-                    topic, msgtype, qos.get(msgtype, dds.DEFAULT))
-            pub.publish_cdr(ros_types.serialize(msg, msgtype))
-
-        inbox = None
-        if not expert:
-            inbox = ActionInbox(log)
-            listen = dds.qos_profile('best_effort', 10)  # matches reliable publishers too
-            transport.subscribe(topics.action, ACTION_CHUNK, listen, inbox.put)
-            transport.subscribe(topics.action_chunk, ACTION_CHUNK, listen, inbox.put_chunk)
+        publish, inbox = dds_wiring(transport, topics, expert, log)
         loop = SimLoop(env, publish, inbox, lockstep=lockstep, action_timeout=action_timeout,
                        startup_timeout=startup_timeout, resend_after=resend_after,
                        real_time_factor=real_time_factor,
@@ -428,3 +425,29 @@ def run_sim(domain_id: int = -1, episodes: int = 10, seed: int = 0, expert: bool
         report = loop.run(episodes, seed)
     log(f'{sum(e.success for e in report.episodes)}/{len(report.episodes)} episodes succeeded')
     return report
+
+
+def dds_wiring(transport, topics, expert: bool, log: Callable[[str], None],
+               names: Sequence[str] = ACTION_NAMES) -> tuple[Emit, ActionInbox | None]:
+    """publish(topic, msgtype, stamp, msg) on `transport` (a publisher per topic, images
+    reliable: that matches best-effort readers too) and, in policy mode, the ActionInbox
+    subscribed to the node's action and action_chunk topics."""
+    from vit_perception.drivers import dds, ros_types
+
+    qos = {IMAGE: dds.qos_profile('reliable', 5)}
+    publishers: dict[str, dds.DdsPublisher] = {}
+
+    def publish(topic: str, msgtype: str, stamp_ns: int, msg: object) -> None:
+        pub = publishers.get(topic)
+        if pub is None:
+            pub = publishers[topic] = transport.publisher(
+                topic, msgtype, qos.get(msgtype, dds.DEFAULT))
+        pub.publish_cdr(ros_types.serialize(msg, msgtype))
+
+    inbox = None
+    if not expert:
+        inbox = ActionInbox(log, names)
+        listen = dds.qos_profile('best_effort', 10)  # matches reliable publishers too
+        transport.subscribe(topics.action, ACTION_CHUNK, listen, inbox.put)
+        transport.subscribe(topics.action_chunk, ACTION_CHUNK, listen, inbox.put_chunk)
+    return publish, inbox
