@@ -343,7 +343,7 @@ NODE_PID=''
 set -e
 ((node_code == 0)) || { cat "$LOGS/node.log"; fail "perception_node exit $node_code on SIGINT"; }
 set +e
-"$NODE" --ros-args --params-file "$PARAMS" -p pose_input.source:=odometry \
+"$NODE" --ros-args --params-file "$PARAMS" -p pose_input.source:=no_such_source \
   >"$LOGS/node-bad.out" 2>"$LOGS/node-bad.err"
 bad_code=$?
 set -e
