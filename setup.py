@@ -22,8 +22,10 @@ EXTRAS = {
     # LeRobotDataset v3.0 I/O; tested: pyarrow 26.0.1, av 18.1.0
     'lerobot': ['pyarrow>=21,<27', 'av>=14,<19'],
     # ONNX graphs and the OpenVINO / ONNX Runtime backends; tested: openvino 2026.4.1,
-    # onnxruntime 1.32.0, onnx 1.23.2, onnxscript 0.7.2 (torch's exporter)
-    'runtimes': ['openvino>=2026.4,<2027', 'onnxruntime>=1.32,<1.33', 'onnx>=1.23,<1.24',
+    # onnxruntime 1.32.0 (1.23.2 on Python 3.10: the last release with cp310 wheels), onnx
+    # 1.23.2, onnxscript 0.7.2 (torch's exporter)
+    'runtimes': ['openvino>=2026.4,<2027', "onnxruntime>=1.32,<1.33; python_version>='3.11'",
+                 "onnxruntime>=1.23,<1.24; python_version<'3.11'", 'onnx>=1.23,<1.24',
                  'onnxscript>=0.7,<0.8'],
 }
 # The ALOHA transfer-cube benchmark (sim, demo --task aloha-transfer-cube): plain MuJoCo with the

@@ -20,7 +20,7 @@
 #      the TF test skip, and the summary says so);
 #   5. starts the installed perception_node with the installed config/default.yaml as
 #      --params-file, waits for it to configure, stops it with SIGINT (expects exit 0), and
-#      starts it once with a bad parameter (expects exit 1 and one line on stderr).
+#      starts it once with a bad parameter (expects exit 2 and one line on stderr).
 # Prints a summary with the time of each step; exit code 0 only if everything passed.
 # Part of the README test command (and so of CI). Needs: Python 3.10, 3.11 or 3.12 (passed on
 # 3.11 and 3.12; ros-rclpy has wheels for all three) with the project installed, cmake, gcc/g++,
@@ -345,7 +345,7 @@ NODE_PID=''
 set -e
 ((node_code == 0)) || { cat "$LOGS/node.log"; fail "perception_node exit $node_code on SIGINT"; }
 set +e
-"$NODE" --ros-args --params-file "$PARAMS" -p pose_input.source:=odometry \
+"$NODE" --ros-args --params-file "$PARAMS" -p pose_input.source:=no_such_source \
   >"$LOGS/node-bad.out" 2>"$LOGS/node-bad.err"
 bad_code=$?
 set -e
@@ -354,4 +354,4 @@ if ((bad_code != 2)) || [[ "$(wc -l <"$LOGS/node-bad.err")" != 1 ]] \
   cat "$LOGS/node-bad.err"
   fail "bad parameter: exit $bad_code, expected 2 and one line naming pose_input.source"
 fi
-done_step "ok: params file loads, SIGINT exit 0; bad value exit 1: $(cut -c1-60 "$LOGS/node-bad.err")"
+done_step "ok: params file loads, SIGINT exit 0; bad value exit 2: $(cut -c1-60 "$LOGS/node-bad.err")"

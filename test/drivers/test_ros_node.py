@@ -605,20 +605,23 @@ def test_dds_node_appears_in_the_ros_graph_from_the_ros_environment_alone(tiny_c
     rclpy.init(context=context, domain_id=domain)
     probe = rclpy.create_node('graph_probe', context=context)
 
-    def published():
+    def endpoints(kind):  # kind: 'publisher' or 'subscriber'
         if ('vit_perception', '/') not in probe.get_node_names_and_namespaces():
             return []  # (asking about a node not discovered yet raises)
-        return probe.get_publisher_names_and_types_by_node('vit_perception', '/')
+        return getattr(probe, f'get_{kind}_names_and_types_by_node')('vit_perception', '/')
 
     with harness.NodeProcess(None, 0, argv=argv, env=env) as node:
         try:
             node.wait_running(timeout=120)
-            assert harness.wait_for(lambda: len(published()) >= 4, timeout=60, interval=0.2), (
-                probe.get_node_names_and_namespaces(), published(), node.stderr()[-2000:])
+            # Publishers and subscribers are discovered separately: wait for both.
+            assert harness.wait_for(lambda: len(endpoints('publisher')) >= 4
+                                    and len(endpoints('subscriber')) >= 2,
+                                    timeout=60, interval=0.2), (
+                probe.get_node_names_and_namespaces(), endpoints('publisher'),
+                endpoints('subscriber'), node.stderr()[-2000:])
             assert ('vit_perception', '/') in probe.get_node_names_and_namespaces()
-            publishers = dict(published())
-            subscribers = dict(probe.get_subscriber_names_and_types_by_node('vit_perception',
-                                                                            '/'))
+            publishers = dict(endpoints('publisher'))
+            subscribers = dict(endpoints('subscriber'))
         finally:
             probe.destroy_node()
             rclpy.try_shutdown(context=context)
