@@ -107,3 +107,17 @@ class CapturingTransport:
 
     def sent(self, topic: str) -> list[bytes]:
         return self.publishers[topic].sent
+
+
+def read_bag(path) -> dict:
+    """{topic: [(log stamp ns, msgtype, message)]} of a ROS 2 bag, in log order."""
+    from rosbags.highlevel import AnyReader
+
+    from vit_perception.drivers import ros_types
+
+    topics = {}
+    with AnyReader([path], default_typestore=ros_types.typestore()) as reader:
+        for connection, stamp, raw in reader.messages():
+            msg = reader.deserialize(raw, connection.msgtype)
+            topics.setdefault(connection.topic, []).append((stamp, connection.msgtype, msg))
+    return topics

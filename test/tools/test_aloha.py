@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,9 @@ from vit_perception.tools.aloha.scene import (
 from vit_perception.tools.aloha.sim_process import AlohaSimLoop
 from vit_perception.tools.sim.record import ACTION_CHUNK, IMAGE, START_NS
 from vit_perception.tools.sim.sim_process import ActionInbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/doubles.py (importlib mode)
+from doubles import read_bag  # noqa: E402
 
 NS = 1_000_000_000
 
@@ -157,17 +162,6 @@ def test_expert_targets_are_the_plan_one_control_step_ahead(expert):
 
 
 # ------------------------------------------------------------------------------ record --
-
-def read_bag(path):
-    from rosbags.highlevel import AnyReader
-
-    topics = {}
-    with AnyReader([path], default_typestore=ros_types.typestore()) as reader:
-        for connection, stamp, raw in reader.messages():
-            msg = reader.deserialize(raw, connection.msgtype)
-            topics.setdefault(connection.topic, []).append((stamp, connection.msgtype, msg))
-    return topics
-
 
 def test_record_writes_the_topics_the_node_reads(tmp_path):
     (episode,) = record_episodes(tmp_path, 1, seed=5, image_size=(48, 64))

@@ -1,7 +1,9 @@
 import hashlib
 import json
 import os
+import sys
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,6 +22,9 @@ from vit_perception.tools.sim.record import (
 )
 from vit_perception.tools.sim.scene import ACTION_NAMES, ReachEnv
 from vit_perception.tools.sim.sim_process import ActionInbox, SimLoop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/doubles.py (importlib mode)
+from doubles import read_bag  # noqa: E402
 
 NS = 1_000_000_000
 
@@ -203,17 +208,6 @@ def test_the_scene_camera_locates_the_target_and_pose_alone_cannot(env):
 
 
 # ------------------------------------------------------------------------------ record --
-
-def read_bag(path):
-    from rosbags.highlevel import AnyReader
-
-    topics = {}
-    with AnyReader([path], default_typestore=ros_types.typestore()) as reader:
-        for connection, stamp, raw in reader.messages():
-            msg = reader.deserialize(raw, connection.msgtype)
-            topics.setdefault(connection.topic, []).append((stamp, connection.msgtype, msg))
-    return topics
-
 
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_record_writes_one_readable_bag_per_episode(tmp_path, storage):
