@@ -20,6 +20,7 @@ from vit_perception.core.types import ActionChunkResult, ImageFrame
 from vit_perception.model.checkpoint import load_checkpoint, save_checkpoint
 from vit_perception.model.policy import build_policy
 from vit_perception.tools import demo, train
+from vit_perception.tools.harness import interruptible_child
 from vit_perception.tools.sim.scene import ReachEnv
 
 
@@ -134,7 +135,8 @@ def test_ctrl_c_stops_both_children(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, '-m', 'vit_perception.tools.cli', 'demo', '--episodes', '50',
          '--image-size', '48', '--model', str(tmp_path / 'ckpt'), '--report',
-         str(tmp_path / 'report')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         str(tmp_path / 'report')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible_child)  # Ctrl-C acts even when the suite runs as a background job
     try:
         deadline = time.monotonic() + 180
         log = Path(tmp_path / 'report' / 'sim.log')

@@ -178,3 +178,20 @@ def test_backend_goes_with_live_only_and_needs_rclpy_somewhere(monkeypatch, tmp_
     with pytest.raises(ConfigError, match='check_ros_jazzy.sh --dir') as info:
         harness.RosEnvironment.find(tmp_path / 'nothing_here')
     assert '\n' not in str(info.value)
+
+
+def test_children_take_sigint_even_when_started_from_a_background_job():
+    """A shell starts `cmd &` with SIGINT ignored; the harness stops its children with SIGINT."""
+    import signal
+    import sys
+
+    from vit_perception.tools.harness import NodeProcess
+
+    probe = 'import signal, sys; sys.stderr.write(repr(signal.getsignal(signal.SIGINT)))'
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job
+    try:
+        with NodeProcess(None, 0, argv=[sys.executable, '-c', probe], ready='') as child:
+            child.proc.wait(timeout=60)
+            assert 'default_int_handler' in child.stderr()  # not <Handlers.SIG_IGN: 1>
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -179,7 +179,11 @@ class Children:
 
 
 def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies (Linux), so nothing is left orphaned."""
+    """In the child: get SIGTERM when the parent dies (Linux), so nothing is left orphaned; and
+    SIGINT (what `Children.stop` sends first) acts even when the demo runs as a background job."""
+    from vit_perception.tools.harness import interruptible_child
+
+    interruptible_child()
     try:
         import ctypes
 

@@ -67,6 +67,15 @@ def pick_domain() -> int:
     return 1 + (os.getpid() * 7 + int(time.monotonic() * 1000)) % 232
 
 
+def interruptible_child() -> None:
+    """In a child process (Popen preexec_fn): SIGINT back to its default action.
+
+    A shell starts background jobs (`cmd &`, CI scripts) with SIGINT ignored and children inherit
+    that, so Python would not turn SIGINT into KeyboardInterrupt; the children started here are
+    stopped with SIGINT first."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
     """Poll `predicate` until true or `timeout` s pass; its last value."""
     deadline = time.monotonic() + timeout
@@ -105,7 +114,7 @@ class NodeProcess:
         with open(self.log_path, 'wb') as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=log, env=self._env,
-                                         cwd=self.cwd)
+                                         cwd=self.cwd, preexec_fn=interruptible_child)
         return self
 
     def wait_running(self, timeout: float = 120.0) -> None:
