@@ -179,7 +179,7 @@ def closed_loop(work: Path, name: str, episodes: int) -> dict:
     report = work / 'demo' / name
     if not (report / 'sim.json').is_file():
         run_cli(['demo', '--model', str(work / 'runs' / name), '--episodes', str(episodes),
-                 '--report', str(report)])  # its own domain id: 110 + pid % 110
+                 '--report', str(report)])  # its own domain id (harness.pick_domain)
     sim = json.loads((report / 'sim.json').read_text())
     foreign = foreign_actions(report / 'bags')
     if foreign:  # another process on the same DDS domain drove the sim: the run is void

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 
@@ -20,8 +19,8 @@ _next = itertools.count()
 
 
 def unique_domain() -> int:
-    """A DDS domain id (1..232) that differs per test and per concurrently running process."""
-    return 1 + (os.getpid() * 7 + next(_next)) % 232
+    """A private DDS domain id that differs per test and per concurrently running process."""
+    return harness.pick_domain(salt=next(_next))
 
 
 def use_loopback(monkeypatch) -> int:

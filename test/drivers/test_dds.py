@@ -391,3 +391,38 @@ if __name__ == '__main__':
     if sys.argv[1:2] == ['publish']:
         sys.exit(publish_until_done(int(sys.argv[2])))
     sys.exit(f'usage: {sys.argv[0]} publish DOMAIN')
+
+
+def test_domain_ports_follow_the_rtps_mapping_and_private_domains_avoid_ephemeral_ports():
+    from vit_perception.tools import harness
+
+    assert dds.domain_ports(0) == range(7400, 7412)
+    assert dds.domain_ports(149)[0] == 44650  # the port a CI run could not bind
+    linux_default = range(32768, 61000)
+    assert dds.ephemeral_clash(harness.PRIVATE_DOMAINS[-1], linux_default) == ''
+    clash = dds.ephemeral_clash(102, linux_default)
+    assert 'domain 102 uses UDP ports 32900-32911' in clash and '0..101' in clash
+    assert dds.ephemeral_clash(232, None) == ''  # range unknown: no claim
+    assert all(dds.ephemeral_clash(d, linux_default) == '' for d in harness.PRIVATE_DOMAINS)
+    assert {harness.pick_domain(salt=i) for i in range(500)} <= set(harness.PRIVATE_DOMAINS)
+
+
+def test_a_domain_whose_port_is_taken_is_one_config_error(monkeypatch):
+    """What failed CI: another socket held the domain's discovery port ('address in use')."""
+    import socket
+
+    domain = dt.use_loopback(monkeypatch)
+    holders = []
+    for port in dds.domain_ports(domain)[:2]:  # discovery and user-data multicast ports
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # no SO_REUSEADDR: exclusive
+        sock.bind(('0.0.0.0', port))
+        holders.append(sock)
+    try:
+        with pytest.raises(ConfigError, match=f'cannot start DDS domain {domain} '):
+            dds.DdsTransport(domain)
+    finally:
+        for sock in holders:
+            sock.close()
+    assert domain not in dds._domains  # nothing half-made is kept: a later attempt can work
+    with dds.DdsTransport(domain) as transport:
+        assert transport.domain_id == domain

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vit_perception.drivers import ros_types
+from vit_perception.tools import harness
 from vit_perception.tools.aloha.expert import TransferCubeExpert, interpolate, waypoints
 from vit_perception.tools.aloha.record import (
     JOINT_STATE,
@@ -268,13 +269,12 @@ def test_stream_publishes_samples_then_the_image():
 def test_run_aloha_sim_lockstep_over_dds_with_a_responding_node():
     """The real transport: a DDS 'node' answers each image with the joint state it saw
     (hold still); the sim waits for every answer; poses and joint states arrive at 50 Hz."""
-    import os
     import threading
 
     from vit_perception.drivers import dds
     from vit_perception.tools.aloha.sim_process import run_aloha_sim
 
-    domain = 120 + (os.getpid() + 30) % 100
+    domain = harness.pick_domain()
     received = {'images': 0, 'left': 0, 'right': 0, 'joints': []}
     with dds.DdsTransport(domain) as node:
         pub = node.publisher('/vit_perception/action', ACTION_CHUNK, dds.DEFAULT)

@@ -1,6 +1,5 @@
 import hashlib
 import json
-import os
 import sys
 import threading
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from vit_perception.drivers import ros_types
 from vit_perception.errors import ConfigError
+from vit_perception.tools import harness
 from vit_perception.tools.sim.expert import ReachExpert
 from vit_perception.tools.sim.record import (
     ACTION_CHUNK,
@@ -483,7 +483,7 @@ def test_run_sim_lockstep_over_dds_with_a_responding_node():
     from vit_perception.drivers import dds
     from vit_perception.tools.sim.sim_process import run_sim
 
-    domain = 120 + os.getpid() % 100  # a domain of its own: parallel runs do not cross-talk
+    domain = harness.pick_domain()  # a domain of its own: parallel runs do not cross-talk
     received = {'images': 0, 'poses': 0}
     with dds.DdsTransport(domain) as node:
         pub = node.publisher('/vit_perception/action', ACTION_CHUNK, dds.DEFAULT)
@@ -523,7 +523,7 @@ def test_closed_loop_with_the_dds_node_on_sim_time_is_lockstep_and_repeatable():
     policy.set_normalization({'pose_mean': [0.3] * 9, 'pose_std': [0.5] * 9,
                               'action_mean': [0.0] * 7, 'action_std': [0.1] * 7})
     engine = Engine(policy, device='cpu', dtype='fp32', warmup_iters=1)
-    domain = 120 + (os.getpid() + 50) % 100
+    domain = harness.pick_domain()
     runs = []
     for _ in range(2):
         stop = threading.Event()

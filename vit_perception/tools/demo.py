@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from vit_perception.tools import harness
 from vit_perception.tools.harness import LOOPBACK_URI
 
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'{report_dir}/bags exists: expected a new --report directory (bags '
                           'are never overwritten)')
     report_dir.mkdir(parents=True, exist_ok=True)
-    domain = args.domain_id if args.domain_id is not None else 110 + os.getpid() % 110
+    domain = args.domain_id if args.domain_id is not None else harness.pick_domain()
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1')
     if args.network == 'loopback':
         env['CYCLONEDDS_URI'] = LOOPBACK_URI  # unicast on 127.0.0.1: never leaves the machine

@@ -62,9 +62,16 @@ def loopback_env(base: dict | None = None, domain: int | None = None) -> dict:
     return env
 
 
-def pick_domain() -> int:
-    """A DDS domain id (1..232) that differs between concurrently running processes."""
-    return 1 + (os.getpid() * 7 + int(time.monotonic() * 1000)) % 232
+# Domain ids for private runs: 1..101. 0 is ROS 2's default (a user's robot); from 102 on the
+# domain's UDP ports fall in Linux's ephemeral range (drivers/dds.py, domain_ports).
+PRIVATE_DOMAINS = range(1, 102)
+
+
+def pick_domain(salt: int | None = None) -> int:
+    """A private DDS domain id (PRIVATE_DOMAINS) that differs between concurrently running
+    processes; `salt` (a counter) makes consecutive calls in one process differ too."""
+    salt = int(time.monotonic() * 1000) if salt is None else salt
+    return PRIVATE_DOMAINS[(os.getpid() * 7 + salt) % len(PRIVATE_DOMAINS)]
 
 
 def interruptible_child() -> None:
