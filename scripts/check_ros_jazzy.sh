@@ -315,7 +315,7 @@ done_step "ok:${RESULT_LINE}"
 step 'perception_node smoke'
 "$PY" - "$WORK/tiny" <<'EOF' >"$LOGS/checkpoint.log" 2>&1 || fail 'tiny checkpoint'
 import sys
-from vit_perception.config import tiny_config
+from vit_perception.model.config import tiny_config
 from vit_perception.model.checkpoint import save_checkpoint
 from vit_perception.model.policy import build_policy
 save_checkpoint(build_policy(tiny_config()), sys.argv[1])

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vit_perception.config import PolicyConfig, PoseConfig
 from vit_perception.core.types import ActionChunkResult
+from vit_perception.model.config import PolicyConfig, PoseConfig
 
 # A very small policy config (PolicyConfig layout) for training tests on 32 px bags.
 TINY_POLICY = {

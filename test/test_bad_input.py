@@ -15,14 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vit_perception import config as cfg
-from vit_perception.config import (
-    NodeConfig,
-    PolicyConfig,
-    estimate_parameters,
-    load_node_config,
-    tiny_config,
-)
+from vit_perception.config import NodeConfig, load_node_config
 from vit_perception.errors import (
     MAX_ERROR_BYTES,
     CheckpointError,
@@ -31,7 +24,9 @@ from vit_perception.errors import (
     short_repr,
 )
 from vit_perception.model.checkpoint import load_checkpoint, save_checkpoint
+from vit_perception.model.config import PolicyConfig, estimate_parameters, tiny_config
 from vit_perception.model.policy import build_policy
+from vit_perception.schema import MAX_CONFIG_FILE_BYTES
 from vit_perception.tools import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +121,7 @@ def test_non_utf8_directory_and_oversized_config_files(tmp_path):
     with pytest.raises(ConfigError, match='is a directory'):
         load_node_config(tmp_path)
     big = tmp_path / 'big.yaml'
-    big.write_text('# ' + 'x' * cfg.MAX_CONFIG_FILE_BYTES)
+    big.write_text('# ' + 'x' * MAX_CONFIG_FILE_BYTES)
     with pytest.raises(ConfigError, match='a config file is at most'):
         load_node_config(big)
 

@@ -25,20 +25,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vit_perception.config import (
-    MAX_CONTROL_RATE_HZ,
-    NODE_NAME,
-    NodeConfig,
-    flatten,
-    load_node_config,
-    tiny_config,
-)
+from vit_perception.config import MAX_CONTROL_RATE_HZ, NODE_NAME, NodeConfig, load_node_config
 from vit_perception.core.engine import Engine
 from vit_perception.core.node import PerceptionCore
 from vit_perception.core.types import ImageFrame, PoseSample
 from vit_perception.errors import MAX_ERROR_BYTES, CheckpointError, ConfigError
 from vit_perception.model.checkpoint import STATS_KEYS, load_checkpoint, save_checkpoint
+from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
+from vit_perception.schema import flatten
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000

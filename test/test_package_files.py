@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vit_perception.config import NODE_NAME, NodeConfig, flatten, load_node_config
+from vit_perception.config import NODE_NAME, NodeConfig, load_node_config
+from vit_perception.schema import flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
@@ -99,7 +100,8 @@ def test_package_xml_is_an_ament_cmake_interface_package():
 
 def test_package_xml_lists_what_the_ros_side_imports():
     runtime = [ROOT / 'vit_perception' / 'drivers' / 'ros_node.py',
-               ROOT / 'vit_perception' / 'config.py',
+               ROOT / 'vit_perception' / 'config.py', ROOT / 'vit_perception' / 'schema.py',
+               ROOT / 'vit_perception' / 'model' / 'config.py',
                *sorted((ROOT / 'vit_perception' / 'core').glob('*.py')), *LAUNCH_FILES]
     tests = [ROOT / 'test' / 'drivers' / 'test_ros_node.py',
              ROOT / 'test' / 'drivers' / 'test_launch.py']

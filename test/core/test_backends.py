@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from vit_perception.config import NodeConfig, tiny_config
+from vit_perception.config import NodeConfig
 from vit_perception.core import engine as engine_module
 from vit_perception.core import runtimes
 from vit_perception.core.engine import Engine
 from vit_perception.core.types import ImageFrame, Observation, PoseSample
 from vit_perception.errors import ConfigError
 from vit_perception.model import onnx_graphs
+from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
 
 STATS = {'pose_mean': [0.3] * 10, 'pose_std': [0.5] * 10, 'action_mean': [0.1] * 7,

@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from vit_perception.config import tiny_config
 from vit_perception.core import engine as engine_module
 from vit_perception.core.engine import STAGES, Engine
 from vit_perception.core.images import image_to_array
 from vit_perception.core.types import ImageFrame, Observation, PoseSample
 from vit_perception.errors import CheckpointError, ImageError, PoseError
 from vit_perception.model.checkpoint import save_checkpoint
+from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
 
 STATS = {'pose_mean': [0.3] * 9, 'pose_std': [0.5] * 9, 'action_mean': [0.1] * 7,

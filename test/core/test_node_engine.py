@@ -4,10 +4,11 @@ engine's numbers for the same observation, and the action is chunk step 0 after 
 import numpy as np
 import torch
 
-from vit_perception.config import NodeConfig, tiny_config
+from vit_perception.config import NodeConfig
 from vit_perception.core.engine import Engine
 from vit_perception.core.node import PerceptionCore
 from vit_perception.core.types import NS_PER_S, ImageFrame, Observation, PoseSample
+from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
 
 

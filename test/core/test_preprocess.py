@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from transformers import BitImageProcessorPil, DeiTImageProcessorPil, ViTImageProcessorPil
 from transformers.image_transforms import get_resize_output_image_size
 
-from vit_perception.config import PreprocessConfig
 from vit_perception.core.images import ENCODINGS, DecodedImage, image_to_array
 from vit_perception.core.preprocess import (
     Preprocessor,
@@ -27,6 +26,7 @@ from vit_perception.core.preprocess import (
 )
 from vit_perception.core.types import ImageFrame
 from vit_perception.errors import ConfigError, ImageError
+from vit_perception.model.config import PreprocessConfig
 
 MAX_LEVELS = 1.05  # uint8 path
 MAX_LEVELS_BICUBIC_UP = 2.05  # uint8 path, bicubic upscaling

@@ -47,8 +47,8 @@ def test_rclpy_peer_gets_the_dds_nodes_outputs_from_large_best_effort_images(tmp
     receives the chunks and actions derived from them. Counts only: without the receive-buffer
     settings 35-65 % of such frames were lost here (README, `bench --live --image-loss`)."""
     pytest.importorskip('rclpy')
-    from vit_perception.config import tiny_config
     from vit_perception.model.checkpoint import save_checkpoint
+    from vit_perception.model.config import tiny_config
     from vit_perception.model.policy import build_policy
     from vit_perception.tools import harness, image_loss
     from vit_perception.tools import live_bench as lb

@@ -17,10 +17,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vit_perception.config import NodeConfig, flatten
+from vit_perception.config import NodeConfig
 from vit_perception.drivers import ros_node
 from vit_perception.drivers.outputs import TWIST_NAMES
 from vit_perception.errors import ConfigError, VitPerceptionError
+from vit_perception.schema import flatten
 
 NODE_KEYS = set(flatten(dataclasses.asdict(NodeConfig())))
 
@@ -191,8 +192,8 @@ def ros():
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
-    from vit_perception.config import tiny_config
     from vit_perception.model.checkpoint import save_checkpoint
+    from vit_perception.model.config import tiny_config
     from vit_perception.model.policy import build_policy
 
     return str(save_checkpoint(build_policy(tiny_config()), tmp_path / 'tiny'))
@@ -337,8 +338,8 @@ def test_node_reads_two_arm_poses_and_joint_states_by_name(rclpy_context, tmp_pa
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import JointState
 
-    from vit_perception.config import tiny_config
     from vit_perception.model.checkpoint import save_checkpoint
+    from vit_perception.model.config import tiny_config
     from vit_perception.model.policy import build_policy
 
     checkpoint = str(save_checkpoint(build_policy(tiny_config(
@@ -429,8 +430,8 @@ def test_node_refuses_topics_twist_for_a_model_without_twist_dimensions(rclpy_co
                                                                        tmp_path):
     from rclpy.parameter import Parameter
 
-    from vit_perception.config import tiny_config
     from vit_perception.model.checkpoint import save_checkpoint
+    from vit_perception.model.config import tiny_config
     from vit_perception.model.policy import build_policy
 
     gripper_only = str(save_checkpoint(build_policy(tiny_config(actions__names=['gripper'])),

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from cyclonedds.core import DDSException
 
-from vit_perception.config import tiny_config
 from vit_perception.core.engine import Engine
 from vit_perception.core.types import NS_PER_S, Observation, PoseSample
 from vit_perception.drivers import dds
 from vit_perception.drivers import ros_types as rt
+from vit_perception.model.config import tiny_config
 from vit_perception.tools import harness
 from vit_perception.tools import live_bench as lb
 

@@ -29,10 +29,10 @@ from cyclonedds.core import DDSException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vit_perception.config import tiny_config
 from vit_perception.core.images import ENCODINGS
 from vit_perception.drivers import dds
 from vit_perception.drivers import ros_types as rt
+from vit_perception.model.config import tiny_config
 from vit_perception.tools import harness
 from vit_perception.tools import live_bench as lb
 

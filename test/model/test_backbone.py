@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from vit_perception.config import tiny_config
 from vit_perception.errors import CheckpointError
 from vit_perception.model.backbone import build_backbone
+from vit_perception.model.config import tiny_config
 
 
 @pytest.mark.parametrize('model_type, prefix', [('vit', 1), ('deit', 2), ('dinov2', 1)])

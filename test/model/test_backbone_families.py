@@ -9,9 +9,9 @@ import pytest
 import torch
 import transformers
 
-from vit_perception.config import tiny_config
 from vit_perception.errors import ConfigError
 from vit_perception.model.backbone import build_backbone
+from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
 from vit_perception.model.relative_bias import extend_relative_bias
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 import transformers
 
-from vit_perception.config import PreprocessConfig, tiny_config
 from vit_perception.core.images import DecodedImage
 from vit_perception.core.preprocess import Preprocessor, preprocess_config_from_hf
 from vit_perception.errors import ConfigError
 from vit_perception.model.backbone import hf_image_processor
+from vit_perception.model.config import PreprocessConfig, tiny_config
 from vit_perception.model.policy import build_policy
 
 SIZES = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,

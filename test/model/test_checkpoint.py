@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vit_perception.config import tiny_config
 from vit_perception.errors import CheckpointError
 from vit_perception.model.checkpoint import load_checkpoint, save_checkpoint
+from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
 
 STATS = {'pose_mean': [0.1] * 9, 'pose_std': [2.0] * 9, 'action_mean': [0.5] * 7,

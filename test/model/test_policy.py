@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vit_perception.config import tiny_config
+from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
 
 IDENTITY = torch.tensor([[0.0, 0.0, 0.0, 1.0]])

@@ -14,10 +14,10 @@ import psutil
 import pytest
 import torch
 
-from vit_perception.config import tiny_config
 from vit_perception.core.engine import DEFAULT_CHECKPOINT
 from vit_perception.core.types import ActionChunkResult, ImageFrame
 from vit_perception.model.checkpoint import load_checkpoint, save_checkpoint
+from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
 from vit_perception.tools import demo, train
 from vit_perception.tools.harness import interruptible_child

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vit_perception.config import tiny_config
 from vit_perception.model.checkpoint import save_checkpoint
+from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
 from vit_perception.tools.cli import main
 

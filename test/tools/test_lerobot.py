@@ -18,11 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from vit_perception.config import NodeConfig, PolicyConfig
+from vit_perception.config import NodeConfig
 from vit_perception.core.images import DecodedImage
 from vit_perception.core.preprocess import Preprocessor
 from vit_perception.drivers import ros_types
 from vit_perception.errors import DatasetError
+from vit_perception.model.config import PolicyConfig
 from vit_perception.tools import cli, dataset, lerobot
 from vit_perception.tools.sim.record import BagWriter
 from vit_perception.tools.sim.scene import ACTION_NAMES

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from vit_perception.config import tiny_config
+from vit_perception.model.config import tiny_config
 from vit_perception.tools import bench
 from vit_perception.tools import live_bench as lb
 

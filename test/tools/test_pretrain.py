@@ -13,9 +13,9 @@ import torch.nn.functional as F
 import transformers
 from safetensors.torch import load_file
 
-from vit_perception.config import PolicyConfig, tiny_config
 from vit_perception.model.backbone import build_backbone
 from vit_perception.model.checkpoint import load_checkpoint
+from vit_perception.model.config import PolicyConfig, tiny_config
 from vit_perception.model.policy import build_policy
 from vit_perception.model.pretraining import (
     EMACodebook,

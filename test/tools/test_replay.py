@@ -12,13 +12,14 @@ import pytest
 import torch
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from vit_perception.config import load_node_config, tiny_config
+from vit_perception.config import load_node_config
 from vit_perception.core.engine import Engine
 from vit_perception.core.types import ActionChunkResult, ImageFrame, Observation, PoseSample
 from vit_perception.drivers import ros_types as rt
 from vit_perception.drivers.outputs import MessageOutputs
 from vit_perception.errors import BagError
 from vit_perception.model.checkpoint import save_checkpoint
+from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
 from vit_perception.tools import replay, report
 

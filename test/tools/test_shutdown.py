@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from vit_perception.config import tiny_config
 from vit_perception.drivers import dds
 from vit_perception.drivers import ros_types as rt
+from vit_perception.model.config import tiny_config
 from vit_perception.tools import harness
 from vit_perception.tools import live_bench as lb
 

@@ -512,9 +512,10 @@ def test_closed_loop_with_the_dds_node_on_sim_time_is_lockstep_and_repeatable():
     early-fusion policy) drives the arm: no step waits in vain and two runs end identically."""
     import torch
 
-    from vit_perception.config import NodeConfig, tiny_config
+    from vit_perception.config import NodeConfig
     from vit_perception.core.engine import Engine
     from vit_perception.drivers.dds_node import run_dds_node
+    from vit_perception.model.config import tiny_config
     from vit_perception.model.policy import build_policy
     from vit_perception.tools.sim.sim_process import run_sim
 

@@ -13,11 +13,12 @@ import torch
 from rosbags.rosbag2 import Reader
 from safetensors.torch import load_file
 
-from vit_perception.config import NodeConfig, PolicyConfig
+from vit_perception.config import NodeConfig
 from vit_perception.core.images import image_to_array
 from vit_perception.core.preprocess import Preprocessor
 from vit_perception.drivers.bag import BagInput
 from vit_perception.model.checkpoint import load_checkpoint
+from vit_perception.model.config import PolicyConfig
 from vit_perception.tools import cli, dataset, train
 from vit_perception.tools.sim.scene import ACTION_NAMES
 
@@ -303,8 +304,8 @@ def weights_from(files: dict) -> dict:
 def test_a_failed_save_leaves_the_previous_files_and_no_temporary(tmp_path, monkeypatch):
     import safetensors.torch
 
-    from vit_perception.config import tiny_config
     from vit_perception.model import checkpoint
+    from vit_perception.model.config import tiny_config
     from vit_perception.model.policy import build_policy
 
     policy = build_policy(tiny_config())

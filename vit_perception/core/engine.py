@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vit_perception.config import EngineConfig, PolicyConfig
+from vit_perception.config import EngineConfig
 from vit_perception.core import runtimes
 from vit_perception.core.images import image_to_array
 from vit_perception.core.preprocess import Preprocessor
 from vit_perception.core.types import ActionChunkResult, ImageFrame, Observation, PoseSample
 from vit_perception.errors import CheckpointError, ConfigError, ImageError, PoseError
+from vit_perception.model.config import PolicyConfig
 from vit_perception.model.onnx_graphs import cached_graphs
 from vit_perception.model.policy import VisionPosePolicy
 from vit_perception.model.pose import pose_features

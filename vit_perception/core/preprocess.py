@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vit_perception.config import PreprocessConfig
 from vit_perception.core.images import DecodedImage
 from vit_perception.errors import ConfigError, ImageError
+from vit_perception.model.config import PreprocessConfig
 
 RESAMPLE_MODES = ('bilinear', 'bicubic')
 # PIL.Image.Resampling values used in HF processor configs -> torch interpolate modes.
@@ -218,7 +218,7 @@ def preprocess_config_from_hf(processor_config: dict) -> PreprocessConfig:
 
     Handles ViTImageProcessor, DeiTImageProcessor and BitImageProcessor (DINOv2) configs, in
     both the old int (`"size": 256`) and the dict forms. The resample filter goes into
-    `PreprocessConfig.resample` where config.py has that field; `resample_from_hf` reads it too.
+    `PreprocessConfig.resample` (model/config.py); `resample_from_hf` reads it too.
     """
     kind = _processor_type(processor_config)
     size0, crop0, (mean0, std0), _, int_is_edge = _TYPE_DEFAULTS.get(

@@ -41,17 +41,12 @@ from typing import Any
 import numpy as np
 
 from vit_perception import errors
-from vit_perception.config import (
-    NODE_NAME,
-    NodeConfig,
-    flatten,
-    parameter_descriptions,
-    set_dotted,
-)
+from vit_perception.config import NODE_NAME, NodeConfig, parameter_descriptions
 from vit_perception.core.types import PoseSample, to_ns
 from vit_perception.drivers.outputs import MessageOutputs
 from vit_perception.drivers.routes import RouteInput, input_routes, received_values
 from vit_perception.errors import VitPerceptionError
+from vit_perception.schema import flatten, set_dotted
 
 RCLPY_ERROR = ''  # why rclpy could not be imported, for main()'s one-line error
 try:  # rclpy exists only in a sourced ROS 2 environment

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vit_perception.config import BackboneConfig
 from vit_perception.errors import CheckpointError, ConfigError
+from vit_perception.model.config import BackboneConfig
 from vit_perception.model.relative_bias import extend_relative_bias
 
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.pkl', '.ckpt')

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from vit_perception.config import PolicyConfig
 from vit_perception.errors import CheckpointError, ConfigError
 from vit_perception.model.backbone import PICKLE_SUFFIXES
+from vit_perception.model.config import PolicyConfig
 from vit_perception.model.policy import VisionPosePolicy, build_policy
 
 CONFIG_FILE = 'config.json'

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vit_perception.config import POSE_FEATURES
 from vit_perception.errors import ConfigError
+from vit_perception.model.config import POSE_FEATURES
 from vit_perception.model.policy import VisionPosePolicy
 
 log = logging.getLogger(__name__)

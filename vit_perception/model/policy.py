@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_perception.config import PolicyConfig
 from vit_perception.model.backbone import Backbone, build_backbone
+from vit_perception.model.config import PolicyConfig
 from vit_perception.model.pose import Normalizer, PoseTokenizer, pose_features
 
 

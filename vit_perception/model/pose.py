@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vit_perception.config import POSE_FEATURES
+from vit_perception.model.config import POSE_FEATURES
 
 
 def quat_xyzw_to_matrix(quat: torch.Tensor) -> torch.Tensor:

@@ -363,8 +363,8 @@ class NaivePipeline:
 
 def load_policy(model: str, size: str, fusion: str, cameras: int):
     """The checkpoint at `model`, or a random-init ViT of `size` (speed ignores the weights)."""
-    from vit_perception.config import PolicyConfig
     from vit_perception.model.checkpoint import load_checkpoint
+    from vit_perception.model.config import PolicyConfig
     from vit_perception.model.policy import build_policy
 
     if model:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vit_perception.config import NodeConfig, PolicyConfig
+from vit_perception.config import NodeConfig
 from vit_perception.core.types import NS_PER_S
 from vit_perception.errors import BagError, ConfigError
+from vit_perception.model.config import PolicyConfig
 
 DEFAULT_ACTION_TOPIC = '/expert/action'
 ACTION_CHUNK = 'vit_perception/msg/ActionChunk'

@@ -32,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vit_perception.config import NodeConfig, PolicyConfig, from_dict
+from vit_perception.config import NodeConfig
 from vit_perception.core.types import NS_PER_S
 from vit_perception.errors import ConfigError, DatasetError
+from vit_perception.model.config import PolicyConfig
+from vit_perception.schema import from_dict
 from vit_perception.tools import dataset
 
 CODEBASE_VERSION = 'v3.0'
@@ -728,7 +730,7 @@ def export_bags(bags: Sequence[Path], out: str | Path, node_config: NodeConfig, 
     import shutil
     import tempfile
 
-    from vit_perception.config import ActionConfig
+    from vit_perception.model.config import ActionConfig
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

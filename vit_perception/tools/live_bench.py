@@ -692,7 +692,7 @@ def last_json_line(text: str) -> dict:
 
 
 def _checkpoint_cameras(model: str | Path) -> int:
-    from vit_perception.config import load_json
+    from vit_perception.schema import load_json
 
     return len(load_json(Path(model) / 'config.json').get('cameras') or ['camera'])
 

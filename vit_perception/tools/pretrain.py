@@ -149,7 +149,7 @@ def pretrain_from_args(args: argparse.Namespace) -> dict:
 
 
 def _policy_config(data: dict):
-    from vit_perception.config import PolicyConfig
+    from vit_perception.model.config import PolicyConfig
 
     return PolicyConfig.from_dict(data)
 
@@ -180,11 +180,11 @@ def build_objective(config, options: PretrainOptions):
 
 def load_teacher(path: str, preprocess):
     """A frozen TeacherFeatures from an HF directory or a `train` checkpoint directory."""
-    from vit_perception.config import BackboneConfig
     from vit_perception.core.preprocess import preprocess_config_from_hf
     from vit_perception.errors import ConfigError
     from vit_perception.model.backbone import build_backbone
     from vit_perception.model.checkpoint import load_checkpoint
+    from vit_perception.model.config import BackboneConfig
     from vit_perception.model.pretraining import TeacherFeatures
 
     directory = Path(path)

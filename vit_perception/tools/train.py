@@ -203,8 +203,9 @@ def build_config(path: str | None, overrides: list[str], pretrained: str | None,
     """PolicyConfig: DEFAULT_POLICY or a JSON file, then --set overrides, then flags."""
     import copy
 
-    from vit_perception.config import PolicyConfig, load_json, set_dotted
     from vit_perception.errors import ConfigError
+    from vit_perception.model.config import PolicyConfig
+    from vit_perception.schema import load_json, set_dotted
 
     data = copy.deepcopy(DEFAULT_POLICY) if path is None else load_json(path)
     data.pop('training', None)  # a checkpoint's config.json works as a recipe too
