@@ -113,6 +113,35 @@ def test_package_xml_lists_what_the_ros_side_imports():
             'ros_gz_bridge'} <= exec_deps
 
 
+def package_imports(module: str) -> set[str]:
+    """Every vit_perception module `module` imports, directly or through others (nested imports
+    included), found by reading the source."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        path = ROOT / Path(*name.split('.'))
+        path = path / '__init__.py' if path.is_dir() else path.with_suffix('.py')
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            found = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for other in found:
+                if other.startswith('vit_perception.') and other not in seen:
+                    seen.add(other)
+                    todo.append(other)
+    return seen
+
+
+@pytest.mark.parametrize('module', ['vit_perception.model.checkpoint',
+                                    'vit_perception.model.onnx_graphs',
+                                    'vit_perception.model.pretraining', 'vit_perception.schema'])
+def test_the_model_and_the_parsing_never_import_the_node_config(module):
+    imported = package_imports(module)
+    assert 'vit_perception.config' not in imported  # the node builds on the model, not reverse
+    assert not {name for name in imported if name.startswith(('vit_perception.drivers',
+                                                             'vit_perception.tools'))}
+    if module != 'vit_perception.schema':
+        assert {'vit_perception.model.config', 'vit_perception.schema'} <= imported
+
 def test_message_dependencies_agree_between_package_xml_and_cmake():
     cmake = read('CMakeLists.txt')
     block = re.search(r'rosidl_generate_interfaces\((.*?)\)', cmake, re.S).group(1)
