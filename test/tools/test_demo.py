@@ -4,6 +4,7 @@ shipped checkpoint, and (slow) the whole demo: sim and node as separate DDS proc
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from vit_perception.core.types import ActionChunkResult, ImageFrame
 from vit_perception.model.checkpoint import load_checkpoint, save_checkpoint
 from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
-from vit_perception.tools import demo, train
+from vit_perception.tools import cli, demo, train
 from vit_perception.tools.harness import interruptible_child
 from vit_perception.tools.sim.scene import ReachEnv
 
@@ -78,6 +79,34 @@ def test_wall_latency_pairs_images_with_their_chunk_and_first_action():
     assert summary['image_to_action_ms']['p50'] >= 0
 
 
+@pytest.mark.parametrize('argv', [
+    ['demo'],
+    ['demo', '--task', 'aloha-transfer-cube', '--episodes', '3', '--seed', '7', '--pictures', '2',
+     '--network', 'default', '--model', 'my ckpt', '--set', 'control.ensemble_coeff=0.1']])
+def test_report_header_names_the_run_and_the_command_that_reruns_it(argv):
+    parser = cli.build_parser()
+    args = parser.parse_args(argv)
+    args.image_size = 180 if args.task == 'aloha-transfer-cube' else 96  # as demo.run fills it
+    lines = demo.report_header('title', Path('/ck'), 3, args, 42, 12.4)
+    assert lines[0] == '# title'
+    assert lines[2] == (f'Checkpoint `/ck`, 3 episodes from seed {args.seed}, sim and node as '
+                        'separate processes over Cyclone DDS (ROS 2 wire), domain 42, '
+                        f'{args.network} network, lock-step on sim time; 12 s wall.')
+    command = lines[4].removeprefix('Command: `').removesuffix('`')
+    words = shlex.split(command)
+    assert words[:2] == ['vit-perception', 'demo']
+    rerun = parser.parse_args(words[1:])
+    assert vars(rerun) == vars(args)  # every flag, image size included
+
+
+def test_latency_summary_reads_node_stats():
+    stats = {'image_to_chunk_ms': {'count': 9, 'p50': 12.34, 'p99': 40.0},
+             'image_to_action_ms': {'count': 9, 'p50': 30.06, 'p99': 51.0}}
+    assert demo.latency_summary(stats, Path('r/report.md')) == (
+        'latency image->chunk p50 12.3 ms p99 40.0 ms, image->action p50 30.1 ms; '
+        'report: r/report.md')
+    assert demo.latency_summary({}, Path('x')).startswith('latency image->chunk p50 nan ms')
+
 def test_the_shipped_checkpoint_is_small_and_loads():
     files = list(DEFAULT_CHECKPOINT.iterdir())
     assert sum(f.stat().st_size for f in files) <= 2 * 1024 * 1024
@@ -119,6 +148,8 @@ def test_demo_runs_sim_and_node_as_processes_and_writes_a_report(tmp_path):
     assert stats['image_to_action_ms']['count'] >= 4
     text = (report / 'report.md').read_text()
     assert '**Success: 0/1 (0%)**' in text and '| 0 | 1000 | no | 4 |' in text
+    assert ('Command: `vit-perception demo --task reach --episodes 1 --seed 1000 --image-size 48 '
+            f'--max-steps 4 --model {tmp_path / "ckpt"} --set engine.warmup_iters=0`') in text
     for name in ('episode_00.png', 'success.png', 'sim.log', 'node.log'):
         assert (report / name).stat().st_size > 0
     assert (report / 'bags' / 'episode_0000' / 'metadata.yaml').is_file()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -327,13 +328,8 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
     draw_success(episodes, report_dir / 'success.png')
     successes = sum(e['success'] for e in episodes)
     rate = successes / len(episodes)
-    chunk = stats.get('image_to_chunk_ms', {})
-    action = stats.get('image_to_action_ms', {})
-    lines = [
-        '# vit-perception demo', '',
-        f'Checkpoint `{checkpoint}`, {len(episodes)} episodes from seed {args.seed}, sim and node '
-        f'as separate processes over Cyclone DDS (ROS 2 wire), domain {domain}, '
-        f'{args.network} network, lock-step on sim time; {elapsed:.0f} s wall.', '',
+    lines = report_header('vit-perception demo', checkpoint, len(episodes), args, domain,
+                          elapsed) + [
         f'**Success: {successes}/{len(episodes)} ({rate:.0%})**', '',
         '| episode | seed | success | steps | final error (m) | missed actions |',
         '|---|---|---|---|---|---|']
@@ -348,11 +344,44 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
     for name in figures:
         lines += [f'![{name}]({name})', '']
     (report_dir / 'report.md').write_text('\n'.join(lines))
-    summary = (f'success {successes}/{len(episodes)} ({rate:.0%}); latency image->chunk p50 '
-               f'{chunk.get("p50", float("nan")):.1f} ms p99 {chunk.get("p99", float("nan")):.1f}'
-               f' ms, image->action p50 {action.get("p50", float("nan")):.1f} ms; report: '
-               f'{report_dir / "report.md"}')
-    return summary
+    return (f'success {successes}/{len(episodes)} ({rate:.0%}); '
+            f'{latency_summary(stats, report_dir / "report.md")}')
+
+
+def report_header(title: str, checkpoint: Path, episodes: int, args, domain: int,
+                  elapsed: float) -> list[str]:
+    """The report's title, how the run was made and the command that reruns it (every task)."""
+    return [f'# {title}', '',
+            f'Checkpoint `{checkpoint}`, {episodes} episodes from seed {args.seed}, sim and node '
+            f'as separate processes over Cyclone DDS (ROS 2 wire), domain {domain}, '
+            f'{args.network} network, lock-step on sim time; {elapsed:.0f} s wall.', '',
+            f'Command: `{demo_command(args)}`', '']
+
+
+def demo_command(args: argparse.Namespace) -> str:
+    """The `vit-perception demo` command line of these arguments (domain and report directory
+    left to their defaults)."""
+    words = ['vit-perception', 'demo', '--task', args.task, '--episodes', str(args.episodes),
+             '--seed', str(args.seed), '--image-size', str(args.image_size)]
+    if args.task == 'reach':
+        words += ['--max-steps', str(args.max_steps)]
+    else:
+        words += ['--pictures', str(args.pictures)]
+    words += ['--model', args.model] if args.model else []
+    words += ['--network', args.network] if args.network != 'loopback' else []
+    for item in args.overrides:
+        words += ['--set', item]
+    return shlex.join(words)
+
+
+def latency_summary(stats: dict, report: Path) -> str:
+    """The one-line summary's latency part (node_stats.json) and where the report is."""
+    chunk = stats.get('image_to_chunk_ms', {})
+    action = stats.get('image_to_action_ms', {})
+    nan = float('nan')
+    return (f'latency image->chunk p50 {chunk.get("p50", nan):.1f} ms p99 '
+            f'{chunk.get("p99", nan):.1f} ms, image->action p50 {action.get("p50", nan):.1f} ms; '
+            f'report: {report}')
 
 
 def latency_lines(stats: dict) -> list[str]:

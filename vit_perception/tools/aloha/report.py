@@ -86,7 +86,7 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
 
     from vit_perception.tools.aloha.command import rates
     from vit_perception.tools.dataset import progress_bar
-    from vit_perception.tools.demo import latency_lines
+    from vit_perception.tools.demo import latency_lines, latency_summary, report_header
 
     logging.getLogger('OpenGL').setLevel(logging.WARNING)
     sim = json.loads((report_dir / 'sim.json').read_text())
@@ -102,13 +102,8 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
     rate = rates(episodes)
     n = len(episodes)
     count = {key: sum(e[key] for e in episodes) for key in ('success', 'lift', 'touch')}
-    chunk = stats.get('image_to_chunk_ms', {})
-    action = stats.get('image_to_action_ms', {})
-    lines = [
-        '# vit-perception demo: ALOHA transfer-cube', '',
-        f'Checkpoint `{checkpoint}`, {n} episodes from seed {args.seed}, sim and node as '
-        f'separate processes over Cyclone DDS (ROS 2 wire), domain {domain}, {args.network} '
-        f'network, lock-step on sim time; {elapsed:.0f} s wall.', '',
+    lines = report_header('vit-perception demo: ALOHA transfer-cube', checkpoint, n, args,
+                          domain, elapsed) + [
         f'**Transfer {count["success"]}/{n} ({rate["success_rate"]:.0%})**, lift '
         f'{count["lift"]}/{n} ({rate["lift_rate"]:.0%}), touch {count["touch"]}/{n} '
         f'({rate["touch_rate"]:.0%}). Rewards as in ACT: 1 touch (right gripper), 2 lift, '
@@ -125,7 +120,5 @@ def write_report(report_dir: Path, checkpoint: Path, args, domain: int, elapsed:
         lines += [f'![{name}]({name})', '']
     (report_dir / 'report.md').write_text('\n'.join(lines))
     return (f'transfer {count["success"]}/{n} ({rate["success_rate"]:.0%}), lift '
-            f'{rate["lift_rate"]:.0%}, touch {rate["touch_rate"]:.0%}; latency image->chunk p50 '
-            f'{chunk.get("p50", float("nan")):.1f} ms p99 {chunk.get("p99", float("nan")):.1f} '
-            f'ms, image->action p50 {action.get("p50", float("nan")):.1f} ms; report: '
-            f'{report_dir / "report.md"}')
+            f'{rate["lift_rate"]:.0%}, touch {rate["touch_rate"]:.0%}; '
+            f'{latency_summary(stats, report_dir / "report.md")}')
