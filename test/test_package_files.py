@@ -142,6 +142,7 @@ def test_the_model_and_the_parsing_never_import_the_node_config(module):
     if module != 'vit_perception.schema':
         assert {'vit_perception.model.config', 'vit_perception.schema'} <= imported
 
+
 def test_message_dependencies_agree_between_package_xml_and_cmake():
     cmake = read('CMakeLists.txt')
     block = re.search(r'rosidl_generate_interfaces\((.*?)\)', cmake, re.S).group(1)

@@ -107,6 +107,7 @@ def test_latency_summary_reads_node_stats():
         'report: r/report.md')
     assert demo.latency_summary({}, Path('x')).startswith('latency image->chunk p50 nan ms')
 
+
 def test_the_shipped_checkpoint_is_small_and_loads():
     files = list(DEFAULT_CHECKPOINT.iterdir())
     assert sum(f.stat().st_size for f in files) <= 2 * 1024 * 1024
