@@ -161,6 +161,7 @@ def load_json(path: str | Path) -> dict:
 
 
 def read_config_text(path: Path) -> str:
+    """A config file's text (UTF-8, at most MAX_CONFIG_FILE_BYTES); one-line ConfigError else."""
     try:
         if path.is_dir():
             raise ConfigError(f'{path}: is a directory; expected a YAML file')
