@@ -131,7 +131,7 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
     frames = tuple(ImageFrame(stamp_ns=0, frame_id='camera', data=img.tobytes(), height=height,
                               width=width, encoding='rgb8', step=width * 3, camera=i)
                    for i, img in enumerate(images))
-    engines, engine_threads = {}, {}
+    engines, engine_threads, requested = {}, {}, {}  # label -> engine, resolved, asked count
     for count in threads:
         for name in backends:
             label = name if len(threads) == 1 else f'{name}@{count or "default"}'
@@ -143,6 +143,7 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
                                     warmup_frames=frames, backend=name, cache_dir=cache_dir,
                                     threads=count)
             engine_threads[label] = count or default_threads
+            requested[label] = count
     torch.set_num_threads(threads[0] or default_threads)
     pose = PoseSample(0, 'base', np.array([0.4, 0.0, 0.3]), np.array([0.0, 0.0, 0.0, 1.0]))
     obs = Observation(stamp_ns=0, frames=frames, poses=(pose,),
@@ -220,8 +221,8 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
             'achieved_gflops': {'naive_fp32': contenders['naive']['gflops'],
                                 'engine': contenders[reference_name]['gflops']},
         })
-    groups = {count: [label for label in engines if engine_threads[label] == (count or
-                                                                            default_threads)]
+    # By the count asked for: '0' (the default) and '1' stay apart where the default is 1 thread.
+    groups = {count: [label for label in engines if requested[label] == count]
               for count in threads}
     report['targets'] = _targets(contenders, groups[threads[0]], peak, report['native_bf16'])
     if len(threads) > 1:  # the targets for each thread count (its own quiet p50 as reference)
