@@ -202,6 +202,17 @@ def test_noisy_expert_episode_records_the_plan_and_still_transfers(env, expert):
     assert max(drift) > 0.1  # the right arm was off the plan during the approach
 
 
+def test_diagnosis_kinematics_and_tolerance(env):
+    from vit_perception.tools.aloha.diagnose import RightGripperKinematics, expert_tolerance
+
+    state = env.reset(3)
+    right = state.sample.poses[1].position
+    np.testing.assert_allclose(RightGripperKinematics().xy(state.sample.joints), right[:2],
+                               atol=1e-9)
+    # the expert planning for the true cube transfers; for a cube 10 cm off it does not
+    assert expert_tolerance(1, offsets_mm=(0, 100)) == {0: 1, 100: 0}
+
+
 # ------------------------------------------------------------------------------ record --
 
 def test_record_writes_the_topics_the_node_reads(tmp_path):
