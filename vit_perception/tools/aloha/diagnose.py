@@ -2,6 +2,7 @@
 
     python -m vit_perception.tools.aloha.diagnose tolerance [--episodes 16]
     python -m vit_perception.tools.aloha.diagnose approach --model CKPT BAG...
+    python -m vit_perception.tools.aloha.diagnose closed-loop REPORT_DIR/bags
 
 `tolerance`: the expert planning for the cube moved by r mm (a random direction per episode),
 seeds 1000 ..: how well must a policy know where the cube is?
@@ -12,6 +13,9 @@ the predicted right-arm joints) against the expert's, in mm, beside a blind gues
 the expert's targets over the bags). A policy that reads the cube beats the blind guess from
 frame 0 on, where the cube is the only thing that differs between episodes; one that reads the
 arm's own motion beats it only once that motion shows where the expert is heading.
+
+`closed-loop`: on the bags of a `demo` run, how far (xy, mm) the right gripper is at the grasp
+(control step GRASP_STEP) from where the expert's plan for that episode's cube puts it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from vit_perception.tools.aloha.scene import AlohaEnv, mujoco
 
 OFFSETS_MM = (0, 5, 10, 15, 20, 30)
 FRAMES = (0, 2, 4, 6, 8, 10, 12, 14)
+GRASP_STEP = 13  # control step: the expert's gripper is down at the cube (plan step 130)
 
 
 def expert_tolerance(episodes: int, offsets_mm=OFFSETS_MM, seed: int = 1000) -> dict[int, int]:
@@ -92,6 +97,39 @@ def approach_errors(checkpoint, bags, frames=FRAMES) -> tuple[np.ndarray, np.nda
             np.linalg.norm(blind - expert, axis=-1).mean(axis=0) * 1000)
 
 
+def closed_loop_errors(bags) -> list[tuple[str, int, float]]:
+    """(bag name, max reward, right gripper xy distance from the plan at GRASP_STEP in mm) for
+    each bag of a demo run (its /joint_states at 50 Hz and the /sim/episode start event)."""
+    import json
+
+    from rosbags.highlevel import AnyReader
+
+    from vit_perception.drivers import ros_types
+    from vit_perception.tools.aloha.expert import TransferCubeExpert
+    from vit_perception.tools.aloha.record import AlohaTopics
+
+    topics = AlohaTopics()
+    kinematics = RightGripperKinematics()
+    expert = TransferCubeExpert(kinematics.env.task, kinematics.env.control_dt)
+    rows = []
+    for bag in bags:
+        states, events = [], []
+        with AnyReader([bag], default_typestore=ros_types.typestore()) as reader:
+            wanted = [c for c in reader.connections
+                      if c.topic in (topics.joint_states, topics.episode)]
+            for connection, _, raw in reader.messages(connections=wanted):
+                msg = reader.deserialize(raw, connection.msgtype)
+                if connection.topic == topics.episode:
+                    events.append(json.loads(msg.data))
+                else:
+                    states.append(np.array(msg.position))
+        plan = expert.plan(np.array(events[0]['cube']))
+        index = GRASP_STEP * expert.every  # 50 Hz samples (and plan rows) per control step
+        error = np.linalg.norm(kinematics.xy(states[index]) - kinematics.xy(plan[index]))
+        rows.append((bag.name, events[-1]['max_reward'], float(error) * 1000))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     from vit_perception.tools.dataset import find_bags
 
@@ -103,7 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     approach = sub.add_parser('approach', help='teacher-forced approach error by frame')
     approach.add_argument('bags', nargs='+', help='expert bags or directories of bags')
     approach.add_argument('--model', action='append', required=True, help='checkpoint (repeat)')
+    closed = sub.add_parser('closed-loop', help='right gripper off the plan at the grasp')
+    closed.add_argument('bags', nargs='+', help="a demo run's bags (REPORT_DIR/bags)")
     args = parser.parse_args(argv)
+    if args.what == 'closed-loop':
+        rows = closed_loop_errors(find_bags(args.bags))
+        for name, reward, error in rows:
+            print(f'{name}: max reward {reward}, {error:.0f} mm off the plan at the grasp')
+        errors = np.array([e for _, _, e in rows])
+        failed = np.array([e for _, r, e in rows if r < 4])
+        print(f'mean {errors.mean():.0f} mm over {len(rows)} episodes'
+              + (f'; failures ({len(failed)}): {failed.min():.0f}-{failed.max():.0f} mm'
+                 if len(failed) else ''))
+        return 0
     if args.what == 'tolerance':
         for offset, count in expert_tolerance(args.episodes).items():
             print(f'cube offset {offset} mm: expert transfers {count}/{args.episodes}')

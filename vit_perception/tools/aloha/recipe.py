@@ -26,7 +26,7 @@ from vit_perception.tools.aloha.scene import JOINT_NAMES
 
 DEMO_EPISODES = 100
 DEMO_SEED = 0
-DART_EPISODES = 100
+DART_EPISODES = 200
 DART_SEED = 100  # other cube positions than the clean set's
 IMAGE_HEIGHT = 180  # 180 x 240 top camera; the policy sees its 96 x 96 centre (the workspace)
 
