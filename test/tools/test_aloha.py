@@ -195,8 +195,6 @@ def test_noisy_expert_episode_records_the_plan_and_still_transfers(env, expert):
     actions = [v for kind, v in sent if kind == 'action']
     states = [v for kind, v in sent if kind == 'state']
     np.testing.assert_array_equal(actions, [expert.target(k) for k in range(80)])
-    clean = run_expert_episode(env, expert, None, 0, 1001)
-    assert clean.success
     drift = [np.abs(s[7:13] - expert.trajectory[5 * k, 7:13]).max()
              for k, s in enumerate(states[:10])]
     assert max(drift) > 0.1  # the right arm was off the plan during the approach
