@@ -145,12 +145,40 @@ def summarize(index: int, state: AlohaState, cube: np.ndarray, **extra) -> Aloha
                         **extra)
 
 
+# DART-style noise (Laskey et al. 2017) on the right arm's executed targets during the approach:
+# rad per joint (waist, shoulder, elbow, forearm roll, wrist angle, wrist rotate), the scale of
+# the cube-dependent spread of the approach. Without it the arm's own position in the image
+# tells where the expert is heading, and the policy copies that cue instead of finding the cube
+# (measured in issue 16: from the first frames it predicted the approach worse than a blind guess).
+APPROACH_NOISE = np.array([0.36, 0.24, 0.24, 0.0, 0.3, 0.0])
+NOISE_FADE = (9, 13)  # control steps: full noise until the first, none from the second (grasp)
+
+
+def approach_noise(seed: int, steps: int, scale: float = 1.0) -> np.ndarray:
+    """(steps, 14) offsets to the executed targets of episode `seed`: per right-arm joint a
+    constant plus a slow sine (random amplitudes and phases), faded out before the grasp so the
+    expert still grasps; zeros when scale is 0. The recorded action stays the expert's."""
+    noise = np.zeros((steps, len(JOINT_NAMES)))
+    if scale == 0:
+        return noise
+    rng = np.random.default_rng([seed, 16])  # independent of the cube's draw
+    k = np.arange(steps)[:, None]  # (steps, 1)
+    offset = rng.uniform(-1, 1, 6)
+    amplitude, phase = rng.uniform(0, 0.5, 6), rng.uniform(0, 2 * np.pi, 6)
+    wave = offset + amplitude * np.sin(2 * np.pi * k / 8 + phase)  # (steps, 6)
+    fade = np.clip((NOISE_FADE[1] - k) / (NOISE_FADE[1] - NOISE_FADE[0]), 0, 1)  # (steps, 1)
+    noise[:, 7:13] = scale * APPROACH_NOISE * wave * fade
+    return noise
+
+
 def run_expert_episode(env: AlohaEnv, expert: TransferCubeExpert, stream: AlohaStream | None,
-                       index: int, seed: int) -> AlohaEpisode:
-    """One episode driven by the expert; `stream` (optional) gets every message."""
+                       index: int, seed: int, noise_scale: float = 0.0) -> AlohaEpisode:
+    """One episode driven by the expert; `stream` (optional) gets every message. With
+    noise_scale > 0 the executed targets carry approach_noise; the stream gets the expert's."""
     state = env.reset(seed, start_ns=START_NS)
     cube = state.cube_position
     expert.plan(cube)
+    noise = approach_noise(seed, env.max_steps, noise_scale)
     if stream is not None:
         stream.event(state.stamp_ns, episode_info(env, state, index, 'start', cube))
         stream.observation(state)
@@ -158,7 +186,7 @@ def run_expert_episode(env: AlohaEnv, expert: TransferCubeExpert, stream: AlohaS
         targets = expert.target(state.step)
         if stream is not None:
             stream.action(stream.topics.expert_action, state.stamp_ns, targets)
-        state = env.step(targets)
+        state = env.step(targets + noise[state.step])
         if stream is not None:
             stream.observation(state)
     if stream is not None:
@@ -169,9 +197,10 @@ def run_expert_episode(env: AlohaEnv, expert: TransferCubeExpert, stream: AlohaS
 def record_episodes(out_dir: str | Path, episodes: int, seed: int = 0, *,
                     image_size: tuple[int, int] = (96, 128), storage: str = 'mcap',
                     progress: Callable[[AlohaEpisode], None] | None = None,
-                    ) -> list[AlohaEpisode]:
+                    noise_scale: float = 0.0) -> list[AlohaEpisode]:
     """The expert for `episodes` episodes (episode i: seed + i), one bag each:
-    out_dir/episode_NNNN. Each bag depends only on its own seed."""
+    out_dir/episode_NNNN. Each bag depends only on its own seed (and noise_scale: see
+    run_expert_episode)."""
     if episodes < 0:
         raise ConfigError(f'episodes={episodes}: expected >= 0')
     out_dir = Path(out_dir)
@@ -183,7 +212,7 @@ def record_episodes(out_dir: str | Path, episodes: int, seed: int = 0, *,
             path = out_dir / f'episode_{index:04d}'
             with BagWriter(path, storage) as bag:
                 summary = run_expert_episode(env, expert, AlohaStream(env, bag), index,
-                                             seed + index)
+                                             seed + index, noise_scale)
                 bag.set_info('vit_perception.aloha', json.dumps(
                     summary.to_dict() | {'path': path.name}, sort_keys=True))
             summary = replace(summary, path=str(path))
