@@ -197,7 +197,7 @@ def closed_loop(work: Path, name: str, episodes: int, attempts: int = 3) -> dict
                     'closed_loop_episodes': len(sim['episodes'])}
         print(f'{name}: {foreign} actions in the demo bags came from a foreign publisher on '
               'the same DDS domain; void, rerunning', file=sys.stderr, flush=True)
-        report.rename(report.with_name(f'{name}_contaminated_{time.time():.0f}'))
+        report.rename(report.with_name(f'{name}_contaminated_{time.time_ns()}'))
     raise RuntimeError(f'{name}: {attempts} closed-loop runs in a row were void')
 
 

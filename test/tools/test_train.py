@@ -539,3 +539,32 @@ def test_two_arm_joint_state_policy_trains_and_replays_what_it_trained_on(bimanu
         expected = policy.actions_from_normalized(expected).numpy()  # (N, H, A)
     for i, stamp in enumerate(episode.stamps):
         np.testing.assert_allclose(chunks[stamp], expected[i], rtol=0, atol=1e-4)
+
+
+def test_experiment_closed_loop_sets_a_contaminated_run_aside_and_reruns_it(tmp_path,
+                                                                            monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / 'scripts' / 'pretrain_experiment.py'
+    spec = importlib.util.spec_from_file_location('pretrain_experiment', path)
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    runs, foreign = [], [600, 0]  # the first demo was driven by a foreign publisher
+
+    def fake_demo(argv):
+        report = Path(argv[argv.index('--report') + 1])
+        (report / 'bags').mkdir(parents=True)
+        episodes = [{'success': i < 7 - len(runs)} for i in range(10)]
+        (report / 'sim.json').write_text(json.dumps({'episodes': episodes}))
+        runs.append(report)
+
+    monkeypatch.setattr(experiment, 'run_cli', fake_demo)
+    monkeypatch.setattr(experiment, 'foreign_actions', lambda bags: foreign.pop(0))
+    result = experiment.closed_loop(tmp_path, 'b10_s0_scratch', 10)
+    assert result == {'success': 6, 'closed_loop_episodes': 10}  # the second run's count
+    assert len(runs) == 2
+    assert [p.name.startswith('b10_s0_scratch_contaminated_') for p in
+            sorted((tmp_path / 'demo').iterdir())] == [False, True]
+    monkeypatch.setattr(experiment, 'foreign_actions', lambda bags: 1)
+    with pytest.raises(RuntimeError, match='3 closed-loop runs in a row were void'):
+        experiment.closed_loop(tmp_path, 'b10_s1_scratch', 10)
