@@ -223,6 +223,96 @@ def test_resume_after_ctrl_c_continues_from_the_saved_epoch_exactly(bags, config
     assert not all(torch.equal(first[k], resumed[k]) for k in first)
 
 
+def test_save_every_writes_every_nth_epoch_and_the_last_with_the_same_weights(
+        bags, config_file, tmp_path, monkeypatch):
+    save, saved = train.save_trainer_state, []
+
+    def record(directory, optimizer, state):
+        saved.append(state['epoch'])
+        save(directory, optimizer, state)
+
+    monkeypatch.setattr(train, 'save_trainer_state', record)
+    assert train_cli(bags, tmp_path / 'every', config_file, '--epochs', '5') == 0
+    assert saved == [1, 2, 3, 4, 5]
+    saved.clear()
+    assert train_cli(bags, tmp_path / 'sparse', config_file, '--epochs', '5',
+                     '--save-every', '2') == 0
+    assert saved == [2, 4, 5]  # every 2nd epoch, and the last
+    saved.clear()
+    assert train_cli(bags, tmp_path / 'final', config_file, '--epochs', '5',
+                     '--save-every', '9') == 0
+    assert saved == [5]
+    state = json.loads((tmp_path / 'sparse' / 'trainer_state.json').read_text())
+    assert state['epoch'] == 5 and [h['epoch'] for h in state['history']] == [1, 2, 3, 4, 5]
+    assert state['options']['save_every'] == 2
+    _, info = load_checkpoint(tmp_path / 'final')
+    assert info['epochs_done'] == 5 and len(info['val_mae']) == 7
+    every = weights(tmp_path / 'every')  # the cadence does not touch the math
+    for name in ('sparse', 'final'):
+        other = weights(tmp_path / name)
+        assert all(torch.equal(every[k], other[k]) for k in every)
+
+
+def test_resume_with_save_every_continues_from_the_last_checkpoint_written(
+        bags, config_file, tmp_path, monkeypatch, capsys):
+    assert train_cli(bags, tmp_path / 'straight', config_file, '--epochs', '5') == 0
+    save, lr_at, armed = train.save_trainer_state, train.lr_at, []
+
+    def arm_after_epoch_2(directory, optimizer, state):
+        save(directory, optimizer, state)
+        armed.append(state['epoch'] == 2)
+
+    def interrupt_in_epoch_3(*args):
+        if armed and armed[-1]:
+            raise KeyboardInterrupt  # the first step after the epoch-2 checkpoint
+        return lr_at(*args)
+
+    monkeypatch.setattr(train, 'save_trainer_state', arm_after_epoch_2)
+    monkeypatch.setattr(train, 'lr_at', interrupt_in_epoch_3)
+    assert train_cli(bags, tmp_path / 'split', config_file, '--epochs', '5',
+                     '--save-every', '2') == 0
+    assert 'interrupted' in capsys.readouterr().err
+    assert json.loads((tmp_path / 'split' / 'trainer_state.json').read_text())['epoch'] == 2
+    monkeypatch.setattr(train, 'save_trainer_state', save)
+    monkeypatch.setattr(train, 'lr_at', lr_at)
+    assert cli.main(['train', str(bags), '--out', str(tmp_path / 'split'), '--resume',
+                     str(tmp_path / 'split')]) == 0
+    state = json.loads((tmp_path / 'split' / 'trainer_state.json').read_text())
+    assert state['epoch'] == 5 and state['options']['save_every'] == 2
+    straight, resumed = weights(tmp_path / 'straight'), weights(tmp_path / 'split')
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_random_shift_equals_the_gather_it_replaced():
+    pixels = torch.rand(5, 2, 3, 7, 9)
+    shifted = train.random_shift(pixels, 3, torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(4)  # the index-tensor gather of 31929e3
+    padded = torch.nn.functional.pad(pixels.flatten(1, 2), (3, 3, 3, 3), mode='replicate')
+    dy = torch.randint(0, 7, (5,), generator=generator)
+    dx = torch.randint(0, 7, (5,), generator=generator)
+    rows = (dy[:, None] + torch.arange(7))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(9))[:, None, None, :]  # (B, 1, 1, W)
+    channels = torch.arange(6)[None, :, None, None]  # (1, C*3, 1, 1)
+    gathered = padded[torch.arange(5)[:, None, None, None], channels, rows, cols]
+    assert torch.equal(shifted, gathered.unflatten(1, (2, 3)))
+
+
+def test_foreach_adamw_updates_equal_the_per_tensor_loop():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in ((4, 3), (3,), (2, 2, 2))]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    looped = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, foreach=False)
+    fused = torch.optim.AdamW(copies, lr=1e-3, weight_decay=1e-2, foreach=True)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for a, b in zip(params, copies):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        looped.step()
+        fused.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, copies))
+
+
 def test_ablated_images_train_on_zeros_and_say_so(bags, config_file, tmp_path):
     assert train_cli(bags, tmp_path / 'ablated', config_file, '--epochs', '1',
                      '--ablate-images') == 0
@@ -260,6 +350,9 @@ def test_bad_inputs_are_one_line_errors(bags, config_file, tmp_path, capsys):
     line = one_line_error(capsys, ['train', str(bags), '--out', str(tmp_path / 'x'),
                                    '--set', 'backbone.hiden_size=8'])
     assert "unknown config key 'backbone.hiden_size'" in line
+    line = one_line_error(capsys, ['train', str(bags), '--out', str(tmp_path / 'x'),
+                                   '--save-every', '0'])
+    assert '--save-every 0: expected >= 1' in line
     line = one_line_error(capsys, ['train', str(bags), '--out', str(tmp_path / 'x'),
                                    '--resume', str(tmp_path / 'empty')])
     assert 'trainer_state.json is missing' in line
@@ -447,3 +540,32 @@ def test_two_arm_joint_state_policy_trains_and_replays_what_it_trained_on(bimanu
         expected = policy.actions_from_normalized(expected).numpy()  # (N, H, A)
     for i, stamp in enumerate(episode.stamps):
         np.testing.assert_allclose(chunks[stamp], expected[i], rtol=0, atol=1e-4)
+
+
+def test_experiment_closed_loop_sets_a_contaminated_run_aside_and_reruns_it(tmp_path,
+                                                                            monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / 'scripts' / 'pretrain_experiment.py'
+    spec = importlib.util.spec_from_file_location('pretrain_experiment', path)
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    runs, foreign = [], [600, 0]  # the first demo was driven by a foreign publisher
+
+    def fake_demo(argv):
+        report = Path(argv[argv.index('--report') + 1])
+        (report / 'bags').mkdir(parents=True)
+        episodes = [{'success': i < 7 - len(runs)} for i in range(10)]
+        (report / 'sim.json').write_text(json.dumps({'episodes': episodes}))
+        runs.append(report)
+
+    monkeypatch.setattr(experiment, 'run_cli', fake_demo)
+    monkeypatch.setattr(experiment, 'foreign_actions', lambda bags: foreign.pop(0))
+    result = experiment.closed_loop(tmp_path, 'b10_s0_scratch', 10)
+    assert result == {'success': 6, 'closed_loop_episodes': 10}  # the second run's count
+    assert len(runs) == 2
+    assert [p.name.startswith('b10_s0_scratch_contaminated_') for p in
+            sorted((tmp_path / 'demo').iterdir())] == [False, True]
+    monkeypatch.setattr(experiment, 'foreign_actions', lambda bags: 1)
+    with pytest.raises(RuntimeError, match='3 closed-loop runs in a row were void'):
+        experiment.closed_loop(tmp_path, 'b10_s1_scratch', 10)

@@ -7,8 +7,9 @@
 Inputs are built exactly as the node builds them (tools/dataset.py). The loss is L1 (or MSE) on
 normalized (H, A) chunks, masked past the end of the recording. Every epoch writes a complete
 checkpoint (config.json + model.safetensors + normalization.json) plus `trainer_state.json`
-(epoch, options, history) and `optimizer.safetensors` (AdamW moments), so `--resume` continues
-exactly where it stopped: shuffling and augmentation are seeded per epoch and the learning rate is
+(epoch, options, history) and `optimizer.safetensors` (AdamW moments); `--save-every N` writes it
+every N epochs instead (the last epoch always). `--resume` continues exactly from the last
+checkpoint written: shuffling and augmentation are seeded per epoch and the learning rate is
 a function of the step, so a resumed run equals an uninterrupted one. Never pickles.
 """
 
@@ -53,6 +54,7 @@ class TrainOptions:
     augment_shift: int = 4
     ablate_images: bool = False
     loss: str = 'l1'
+    save_every: int = 1  # epochs between checkpoints; the last epoch is always written
 
     def __post_init__(self):
         from vit_perception.errors import ConfigError
@@ -68,6 +70,9 @@ class TrainOptions:
             raise ConfigError(f'--val-fraction {self.val_fraction}: expected 0 <= f < 1')
         if self.augment_shift < 0:
             raise ConfigError(f'--augment-shift {self.augment_shift}: expected >= 0 pixels')
+        if self.save_every < 1:
+            raise ConfigError(f'--save-every {self.save_every}: expected >= 1 epochs (the last '
+                              'epoch is always saved)')
         if self.loss not in ('l1', 'mse'):
             raise ConfigError(f'--loss {self.loss!r}: expected l1 or mse')
 
@@ -109,6 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--augment-shift', type=int, default=None,
                         help='random image shift in pixels during training (default 4)')
     parser.add_argument('--loss', choices=['l1', 'mse'], default=None, help='default l1')
+    parser.add_argument('--save-every', type=int, default=None, metavar='N',
+                        help='write the checkpoint every N epochs (default 1; the last epoch '
+                        'always; --resume continues from the last one written)')
     parser.add_argument('--ablate-images', action='store_true',
                         help='zero every image (training and evaluation): a pose-only baseline')
     parser.add_argument('--freeze-backbone', action='store_true',
@@ -236,7 +244,8 @@ def build_config(path: str | None, overrides: list[str], pretrained: str | None,
 def train(policy, episodes, options: TrainOptions, out: Path, *, resume: dict | None = None,
           optimizer_state: bool = True, resume_dir: str | None = None,
           action_topic: str = '/expert/action', progress: bool = True) -> dict:
-    """Train `policy` on `episodes`; writes `out` every epoch; returns the summary dict."""
+    """Train `policy` on `episodes`; writes `out` every `options.save_every` epochs and after
+    the last; returns the summary dict."""
     import torch
 
     from vit_perception.model.checkpoint import save_checkpoint
@@ -257,7 +266,9 @@ def train(policy, episodes, options: TrainOptions, out: Path, *, resume: dict | 
         for param in policy.backbone.parameters():
             param.requires_grad_(False)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+    # foreach: the same updates bit for bit as the per-tensor loop on CPU (tested), fewer calls
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay,
+                                  foreach=True)
     start_epoch, history = 0, []
     if resume is not None:
         start_epoch, history = int(resume['epoch']), list(resume.get('history', []))
@@ -301,6 +312,8 @@ def train(policy, episodes, options: TrainOptions, out: Path, *, resume: dict | 
                   + (f', val {record["val_loss"]:.4f}' if 'val_loss' in record else ''),
                   file=sys.stderr)
         last = epoch + 1 == options.epochs
+        if not last and (epoch + 1) % options.save_every:
+            continue
         summary = _summary(policy, data, targets, train_idx, val_idx, episodes, train_eps,
                            val_eps, options, history, action_mean, time.perf_counter() - started,
                            action_topic, final=last)
@@ -345,12 +358,11 @@ def random_shift(pixels, pad: int, generator):
 
     batch, cams, _, height, width = pixels.shape
     padded = F.pad(pixels.flatten(1, 2), (pad, pad, pad, pad), mode='replicate')  # (B, C*3, ..)
-    dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator)
-    rows = (dy[:, None] + torch.arange(height))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(width))[:, None, None, :]  # (B, 1, 1, W)
-    channels = torch.arange(padded.shape[1])[None, :, None, None]  # (1, C*3, 1, 1)
-    shifted = padded[torch.arange(batch)[:, None, None, None], channels, rows, cols]
+    dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).tolist()
+    # one window slice per sample: a plain copy, ~8x faster than one gather with index tensors
+    shifted = torch.stack([padded[b, :, y:y + height, x:x + width]
+                           for b, (y, x) in enumerate(zip(dy, dx))])  # (B, C*3, H, W)
     return shifted.unflatten(1, (cams, 3))  # (B, C, 3, H, W)
 
 
