@@ -8,6 +8,9 @@ one writing a checkpoint every epoch, and this one writing only the last, altern
 starts with the next contender). Prints steps/s (wall clock and per second of process CPU time:
 the latter moves less when other jobs share the CPU) and whether the final weights of the same
 seed are bit-identical to the old trainer's.
+
+The old train.py is imported against this checkout's package, so REV must share its module
+layout: from 6745cbd on (where the checkpoint's config moved to vit_perception/model/config.py).
 """
 
 from __future__ import annotations
