@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 from vit_perception.tools import harness
-from vit_perception.tools.harness import LOOPBACK_URI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     domain = args.domain_id if args.domain_id is not None else harness.pick_domain()
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1')
     if args.network == 'loopback':
-        env['CYCLONEDDS_URI'] = LOOPBACK_URI  # unicast on 127.0.0.1: never leaves the machine
+        env['CYCLONEDDS_URI'] = harness.LOOPBACK_URI  # unicast on 127.0.0.1 only
     env.setdefault('MUJOCO_GL', os.environ.get('MUJOCO_GL', 'egl'))
     python = sys.executable
     node_cmd = [python, '-m', 'vit_perception.tools.demo', 'node', '--model', str(checkpoint),
@@ -183,9 +182,7 @@ class Children:
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies (Linux), so nothing is left orphaned; and
     SIGINT (what `Children.stop` sends first) acts even when the demo runs as a background job."""
-    from vit_perception.tools.harness import interruptible_child
-
-    interruptible_child()
+    harness.interruptible_child()
     try:
         import ctypes
 
