@@ -1,11 +1,19 @@
-"""Does self-supervised pretraining on unlabeled frames help behaviour cloning on the sim task?
+"""Does self-supervised pretraining on unlabeled frames help behaviour cloning on a sim task?
 
     python3 scripts/pretrain_experiment.py --work exp_ssl [--budgets 10 25 50] [--seeds 0 1 2]
+    python3 scripts/pretrain_experiment.py --work exp_aloha --task aloha-transfer-cube
     python3 scripts/pretrain_experiment.py --work exp_ssl --table     # results so far
 
-Steps (all on the shipped reach task, the shipped tiny-ViT recipe of `train`):
-1. record labeled demos (seeds 0..max budget-1), validation episodes (seeds 1000..1000+V-1) and
-   an unlabeled pool (seeds 2000..2000+P-1; its actions are never read);
+Tasks (`--task`, one per WORK directory; TASKS below):
+- `reach` (default): the shipped reach task and the shipped tiny-ViT recipe of `train`; labeled
+  demos seeds 0.., validation seeds 1000.., unlabeled pool seeds 2000..;
+- `aloha-transfer-cube`: the ALOHA task and the shipped ALOHA recipe (tools/aloha/recipe.py);
+  labeled demos are the recipe's DART-noised expert demos (seeds 100..), validation the clean
+  expert on the held-out seeds 1000.. (the closed loop's cube positions), the unlabeled pool the
+  recipe's clean demos (seeds 0..); each bag depends only on its seed, so the recipe's own bags
+  of these seeds can be linked into WORK/labeled, WORK/val, WORK/pool instead of re-recorded.
+Steps:
+1. record labeled demos, validation episodes and an unlabeled pool (its actions are never read);
 2. pretrain once per objective on the pool (seed 0): `simmim` (no teacher), then `beitv2` whose
    teacher is the SimMIM output (an encoder our own training produced from the unlabeled pool
    only, so no label reaches any pretrained arm);
@@ -14,8 +22,10 @@ Steps (all on the shipped reach task, the shipped tiny-ViT recipe of `train`):
    `scratch`, `simmim_finetune`, `simmim_frozen`, `beitv2_finetune`, `beitv2_frozen`;
 4. validation MAE per action dimension (robot units) on the SAME validation episodes for every
    run, against the constant baseline (the training action mean);
-5. closed-loop success (`vit-perception demo`, held-out seeds 1000..) for the budgets in
-   `--closed-loop-budgets`.
+5. closed-loop success (`vit-perception demo [--task T]`, held-out seeds 1000..) for the budgets
+   in `--closed-loop-budgets`.
+`--max-epochs` caps a run's epochs (a shorter schedule where a budget's `--steps` would be
+hundreds of epochs); the cap applies to every arm of a budget alike, so compute stays matched.
 Each run writes WORK/runs/NAME/result.json, so several invocations (e.g. different seeds) can
 share WORK; `--table` prints the markdown table of all results.
 """
@@ -28,16 +38,62 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ARMS = ('scratch', 'simmim_finetune', 'simmim_frozen', 'beitv2_finetune', 'beitv2_frozen')
-DIMS = ('dx', 'dy', 'dz')  # the other action dims are constant zero in the task
-BATCH = 64
+
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between the tasks: recipe, recording, table columns, closed loop."""
+
+    name: str
+    columns: tuple[tuple[str, tuple[int, ...]], ...]  # table column -> action dims averaged
+    labeled_seed: int
+    batch: int
+    train: dict = field(default_factory=dict)  # TrainOptions fields beyond the defaults
+
+    def recipe(self) -> dict | None:
+        """Policy config data (None: train's DEFAULT_POLICY)."""
+        if self.name == 'reach':
+            return None
+        from vit_perception.tools.aloha.recipe import RECIPE
+        return RECIPE
+
+    def node_parameters(self) -> dict:
+        if self.name == 'reach':
+            return {}
+        from vit_perception.tools.aloha.demo import node_parameters
+        return node_parameters(self.recipe()['pose']['arms'])
+
+    def record(self, directory: Path, episodes: int, seed: int, noise: bool) -> None:
+        if self.name == 'reach':
+            from vit_perception.tools.sim.record import record_episodes
+            record_episodes(directory, episodes, seed, image_size=96, action_noise=0.05)
+        else:
+            from vit_perception.tools.aloha.recipe import record_demos
+            record_demos(directory, episodes, seed, 1.0 if noise else 0.0)
+
+
+DIMS3 = (0, 1, 2)  # reach: dx dy dz; its other action dims are constant zero
+TASKS = {
+    'reach': Task('reach', (('dx', (0,)), ('dy', (1,)), ('dz', (2,)), ('mean', DIMS3)),
+                  labeled_seed=0, batch=64),
+    # ALOHA: 14 joints (left arm 0-6, right arm 7-13); no shift augmentation, as the recipe
+    'aloha-transfer-cube': Task(
+        'aloha-transfer-cube', (('left arm', tuple(range(7))), ('right arm', tuple(range(7, 14))),
+                                ('mean', tuple(range(14)))),
+        labeled_seed=100, batch=32, train={'augment_shift': 0}),
+}
+POOL_SEED = {'reach': 2000, 'aloha-transfer-cube': 0}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work', required=True)
+    parser.add_argument('--task', choices=sorted(TASKS), default=None,
+                        help='reach (default), or aloha-transfer-cube; stored in WORK/task.json')
     parser.add_argument('--budgets', type=int, nargs='+', default=[10, 25, 50])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--arms', nargs='+', default=list(ARMS), choices=ARMS)
@@ -45,6 +101,8 @@ def main() -> int:
     parser.add_argument('--val-episodes', type=int, default=20)
     parser.add_argument('--pool-episodes', type=int, default=100)
     parser.add_argument('--steps', type=int, default=1500, help='BC optimizer steps per run')
+    parser.add_argument('--max-epochs', type=int, default=0,
+                        help='cap on epochs per run, every arm alike (0: none)')
     parser.add_argument('--pretrain-epochs', type=int, default=30,
                         help='SimMIM epochs, and BEiT v2 MIM epochs')
     parser.add_argument('--tokenizer-epochs', type=int, default=10, help='BEiT v2 VQ-KD epochs')
@@ -60,8 +118,10 @@ def main() -> int:
     parser.add_argument('--table', action='store_true', help='only print the results table')
     args = parser.parse_args()
     work = Path(args.work)
+    task = TASKS[task_of(work, args.task)]
     if args.table:
-        print(table(load_results(work), json.loads(_read(work / 'pretrain_costs.json', '{}'))))
+        print(table(task, load_results(work),
+                    json.loads(_read(work / 'pretrain_costs.json', '{}'))))
         return 0
 
     import torch
@@ -71,19 +131,26 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    record(work / 'labeled', args.labeled_episodes, 0)
-    record(work / 'val', args.val_episodes, 1000)
+    write_recipe(work, task)
+    record(task, work / 'labeled', args.labeled_episodes, task.labeled_seed, noise=True)
+    record(task, work / 'val', args.val_episodes, 1000, noise=False)
     if any(arm != 'scratch' for arm in args.arms):
-        record(work / 'pool', args.pool_episodes, 2000)
+        record(task, work / 'pool', args.pool_episodes, POOL_SEED[task.name], noise=False)
         pretrain_all(work, args)
     if args.pretrain_only:
         return 0
-    config = train.build_config(None, [], None, False)
-    node_config = load_node_config(None)
-    labeled = dataset.load_episodes(dataset.find_bags([work / 'labeled']), config, node_config,
-                                    progress=False)
-    val = train._concat(dataset.load_episodes(dataset.find_bags([work / 'val']), config,
-                                              node_config, progress=False))
+    data = {}  # labeled episodes and validation data, read when the first run needs them
+
+    def load(name):
+        if not data:
+            config = train.build_config(recipe_path(work), [], None, False)
+            node_config = load_node_config(node_config_path(work))
+            data['labeled'] = dataset.load_episodes(dataset.find_bags([work / 'labeled']),
+                                                    config, node_config, progress=False)
+            data['val'] = train._concat(dataset.load_episodes(
+                dataset.find_bags([work / 'val']), config, node_config, progress=False))
+        return data[name]
+
     for budget in args.budgets:
         for seed in args.seeds:
             for arm in args.arms:
@@ -91,30 +158,61 @@ def main() -> int:
                 path = work / 'runs' / name / 'result.json'
                 if path.is_file():
                     result = json.loads(path.read_text())
-                elif args.closed_loop_only:
-                    continue
+                elif args.closed_loop_only or not claim(work, name):
+                    continue  # not trained yet, or another invocation is training it
                 else:
-                    result = run_arm(arm, budget, seed, labeled[:budget], val, work, args)
+                    result = run_arm(task, arm, budget, seed, load('labeled')[:budget],
+                                     load('val'), work, args)
                     write_json(path, result)
                 if (args.closed_loop and budget in args.closed_loop_budgets
                         and 'success' not in result):
                     started = time.perf_counter()
-                    result.update(closed_loop(work, name, args.closed_loop))
+                    result.update(closed_loop(task, work, name, args.closed_loop))
                     result['closed_loop_seconds'] = round(time.perf_counter() - started, 1)
                     write_json(path, result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
-    print(table(load_results(work), json.loads(_read(work / 'pretrain_costs.json', '{}'))))
+    print(table(task, load_results(work),
+                json.loads(_read(work / 'pretrain_costs.json', '{}'))))
     return 0
 
 
-def record(directory: Path, episodes: int, seed: int) -> None:
-    """Episodes seed .. seed + episodes - 1 as directory/episode_NNNN (kept when present)."""
-    from vit_perception.tools.sim.record import record_episodes
+def task_of(work: Path, requested: str | None) -> str:
+    """The WORK directory's task (WORK/task.json), written on first use; a different --task
+    for an existing WORK is refused."""
+    path = work / 'task.json'
+    stored = json.loads(path.read_text())['task'] if path.is_file() else None
+    if stored is None and not (work / 'runs').is_dir() and requested:
+        work.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({'task': requested}) + '\n')
+        return requested
+    stored = stored or 'reach'  # directories of the first grid predate task.json
+    if requested and requested != stored:
+        sys.exit(f'--task {requested}: {work} holds the {stored} experiment; use another --work')
+    return stored
 
+
+def write_recipe(work: Path, task: Task) -> None:
+    """WORK/recipe.json and WORK/node.yaml for train and pretrain (tasks other than reach)."""
+    import yaml
+
+    if task.recipe() is not None:
+        (work / 'recipe.json').write_text(json.dumps(task.recipe(), indent=2) + '\n')
+        (work / 'node.yaml').write_text(yaml.safe_dump(task.node_parameters(), sort_keys=False))
+
+
+def recipe_path(work: Path) -> str | None:
+    return str(work / 'recipe.json') if (work / 'recipe.json').is_file() else None
+
+
+def node_config_path(work: Path) -> str | None:
+    return str(work / 'node.yaml') if (work / 'node.yaml').is_file() else None
+
+
+def record(task: Task, directory: Path, episodes: int, seed: int, noise: bool) -> None:
+    """Episodes seed .. seed + episodes - 1 as directory/episode_NNNN (kept when present)."""
     have = len(list(directory.glob('episode_*'))) if directory.exists() else 0
     if have < episodes:
-        record_episodes(directory / 'more', episodes - have, seed + have, image_size=96,
-                        action_noise=0.05)
+        task.record(directory / 'more', episodes - have, seed + have, noise)
         for index, bag in enumerate(sorted((directory / 'more').iterdir())):
             bag.rename(directory / f'episode_{have + index:04d}')  # rosbag2 paths are relative
         (directory / 'more').rmdir()
@@ -133,12 +231,14 @@ def pretrain_all(work: Path, args) -> None:
             continue
         if not (out / 'pretrain_report.json').is_file():
             started = time.perf_counter()
-            run_cli(['pretrain', str(work / 'pool'), '--out', str(out), *extra,
+            recipe = [] if recipe_path(work) is None else [
+                '--config', recipe_path(work), '--node-config', node_config_path(work)]
+            run_cli(['pretrain', str(work / 'pool'), '--out', str(out), *extra, *recipe,
                      '--epochs', str(args.pretrain_epochs), '--mask-ratio', '0.6',
                      '--seed', '0'])
             report = json.loads((out / 'pretrain_report.json').read_text())
             frames = report['frames']
-            steps = len(report['history']) * math.ceil(frames / BATCH)
+            steps = len(report['history']) * math.ceil(frames / report['options']['batch_size'])
             costs[objective] = {'seconds_training': report['seconds'],
                                 'seconds_command': round(time.perf_counter() - started, 1),
                                 'frames': frames, 'epochs': len(report['history']),
@@ -150,8 +250,9 @@ def run_cli(argv: list[str]) -> None:
     subprocess.run([sys.executable, '-m', 'vit_perception.tools.cli', *argv], check=True)
 
 
-def run_arm(arm, budget, seed, episodes, val, work, args) -> dict:
-    """Train one arm for args.steps optimizer steps; validation MAE per dimension."""
+def run_arm(task, arm, budget, seed, episodes, val, work, args) -> dict:
+    """Train one arm for args.steps optimizer steps (at most --max-epochs epochs); validation
+    MAE per dimension."""
     import torch
 
     from vit_perception.model.policy import build_policy
@@ -159,14 +260,14 @@ def run_arm(arm, budget, seed, episodes, val, work, args) -> dict:
 
     objective = arm.split('_')[0]
     pretrained = None if arm == 'scratch' else str(work / f'ssl_{objective}')
-    config = train.build_config(None, [], pretrained, arm.endswith('frozen'))
+    config = train.build_config(recipe_path(work), [], pretrained, arm.endswith('frozen'))
     torch.manual_seed(seed)
     policy = build_policy(config)
     samples = sum(len(e) for e in episodes)
-    steps_per_epoch = math.ceil(samples / BATCH)
-    epochs = max(1, round(args.steps / steps_per_epoch))
+    epochs, steps_per_epoch = schedule(samples, task.batch, args.steps, args.max_epochs)
     # one checkpoint, after the last epoch (at 10 episodes an epoch is 2 steps)
-    options = train.TrainOptions(epochs=epochs, seed=seed, val_fraction=0.0, save_every=epochs)
+    options = train.TrainOptions(epochs=epochs, seed=seed, val_fraction=0.0, save_every=epochs,
+                                 batch_size=task.batch, **task.train)
     out = work / 'runs' / f'b{budget}_s{seed}_{arm}'
     started = time.perf_counter()
     train.train(policy, episodes, options, out, progress=False, optimizer_state=False)
@@ -175,21 +276,31 @@ def run_arm(arm, budget, seed, episodes, val, work, args) -> dict:
     mean, std = torch.tensor(stats['action_mean']), torch.tensor(stats['action_std'])
     indices = torch.arange(len(val['actions']))
     mae = train.evaluate(policy, val, (val['actions'] - mean) / std, indices, options)['mae']
-    return {'budget': budget, 'seed': seed, 'arm': arm, 'epochs': epochs,
+    return {'task': task.name, 'budget': budget, 'seed': seed, 'arm': arm, 'epochs': epochs,
             'steps': epochs * steps_per_epoch, 'train_samples': samples,
             'seconds': round(seconds, 1), 'val_mae': mae,
             'baseline_mae': train.baseline_mae(val, indices, mean),
             'val_samples': len(indices), 'torch_threads': torch.get_num_threads()}
 
 
-def closed_loop(work: Path, name: str, episodes: int, attempts: int = 3) -> dict:
+def schedule(samples: int, batch: int, steps: int, max_epochs: int = 0) -> tuple[int, int]:
+    """(epochs, steps per epoch): the whole epochs nearest `steps` optimizer steps, at most
+    `max_epochs` (0: no cap)."""
+    steps_per_epoch = math.ceil(samples / batch)
+    epochs = max(1, round(steps / steps_per_epoch))
+    return (min(epochs, max_epochs) if max_epochs else epochs), steps_per_epoch
+
+
+def closed_loop(task: Task, work: Path, name: str, episodes: int, attempts: int = 3) -> dict:
     """`vit-perception demo` on held-out seeds 1000.. with the run's checkpoint; a run that
-    another process on the same DDS domain drove is void, set aside and rerun."""
+    another process on the same DDS domain drove is void, set aside and rerun. ALOHA: success
+    is a transfer."""
     report = work / 'demo' / name
     for _ in range(attempts):
         if not (report / 'sim.json').is_file():
-            run_cli(['demo', '--model', str(work / 'runs' / name), '--episodes', str(episodes),
-                     '--report', str(report)])  # its own domain id (harness.pick_domain)
+            run_cli(['demo', '--task', task.name, '--model', str(work / 'runs' / name),
+                     '--episodes', str(episodes), '--report', str(report)])
+            # (its own domain id: harness.pick_domain)
         sim = json.loads((report / 'sim.json').read_text())
         foreign = foreign_actions(report / 'bags')
         if not foreign:
@@ -215,6 +326,28 @@ def foreign_actions(bags: Path) -> int:
     return count
 
 
+def claim(work: Path, name: str) -> bool:
+    """Claim a run for this process (WORK/claims/NAME holds its pid), so that invocations
+    sharing WORK never train the same run; a dead process's claim is taken over."""
+    import os
+
+    path = work / 'claims' / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            with open(path, 'x') as file:
+                file.write(str(os.getpid()))
+            return True
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text() or 0), 0)
+                return False  # alive: its run
+            except (ProcessLookupError, ValueError):
+                path.unlink(missing_ok=True)  # stale: take it over
+            except FileNotFoundError:
+                pass
+
+
 def write_json(path: Path, value: dict) -> None:
     """Written whole, then renamed: a concurrent `--closed-loop-only` never reads half a file."""
     tmp = path.with_suffix('.tmp')
@@ -230,26 +363,31 @@ def _read(path: Path, default: str) -> str:
     return path.read_text() if path.is_file() else default
 
 
-def table(results: list[dict], costs: dict) -> str:
-    """Markdown: per budget and arm, val MAE per dim (mean ± std over seeds) and success."""
+def table(task: Task, results: list[dict], costs: dict) -> str:
+    """Markdown: per budget and arm, val MAE per column (mean ± std over seeds) and success."""
     import statistics
 
     def spread(values):
         mean = statistics.fmean(values)
         return f'{mean:.4f}' + (f' ± {statistics.stdev(values):.4f}' if len(values) > 1 else '')
 
-    lines = ['| labeled episodes | arm | seeds | ' + ' | '.join(DIMS) + ' | mean | '
-             'constant baseline ' + ' / '.join(DIMS) + ' | closed-loop success |',
-             '|---|---|---|' + '---|' * (len(DIMS) + 3)]
+    def mean_over(values, dims):
+        return sum(values[i] for i in dims) / len(dims)
+
+    names = [name for name, _ in task.columns]
+    lines = ['| labeled episodes | arm | seeds | ' + ' | '.join(names) + ' | constant baseline '
+             + ' / '.join(names) + ' | closed-loop success |',
+             '|---|---|---|' + '---|' * (len(names) + 2)]
     for budget in sorted({r['budget'] for r in results}):
         for arm in ARMS:
             rows = [r for r in results if r['budget'] == budget and r['arm'] == arm]
             if not rows:
                 continue
-            cells = [spread([r['val_mae'][i] for r in rows]) for i in range(len(DIMS))]
-            cells.append(spread([sum(r['val_mae'][:len(DIMS)]) / len(DIMS) for r in rows]))
-            base = ' / '.join(f'{statistics.fmean(r["baseline_mae"][i] for r in rows):.4f}'
-                              for i in range(len(DIMS)))
+            cells = [spread([mean_over(r['val_mae'], dims) for r in rows])
+                     for _, dims in task.columns]
+            base = ' / '.join(
+                f'{statistics.fmean(mean_over(r["baseline_mae"], dims) for r in rows):.4f}'
+                for _, dims in task.columns)
             loops = [r for r in rows if 'success' in r]
             success = (f'{sum(r["success"] for r in loops)}/'
                        f'{sum(r["closed_loop_episodes"] for r in loops)}' if loops else '')

@@ -21,7 +21,7 @@ from cyclonedds.topic import Topic
 
 from vit_perception.core.node import DiagnosticsReport
 from vit_perception.core.types import ActionChunkResult
-from vit_perception.drivers import dds, ros_graph
+from vit_perception.drivers import dds, ros_graph, rtps_ports
 from vit_perception.drivers import ros_types as rt
 from vit_perception.errors import ConfigError
 
@@ -396,15 +396,47 @@ if __name__ == '__main__':
 def test_domain_ports_follow_the_rtps_mapping_and_private_domains_avoid_ephemeral_ports():
     from vit_perception.tools import harness
 
-    assert dds.domain_ports(0) == range(7400, 7412)
-    assert dds.domain_ports(149)[0] == 44650  # the port a CI run could not bind
+    assert rtps_ports.domain_ports(0) == range(7400, 7412)
+    assert rtps_ports.domain_ports(149)[0] == 44650  # the port a CI run could not bind
     linux_default = range(32768, 61000)
-    assert dds.ephemeral_clash(harness.PRIVATE_DOMAINS[-1], linux_default) == ''
-    clash = dds.ephemeral_clash(102, linux_default)
+    assert rtps_ports.ephemeral_clash(harness.PRIVATE_DOMAINS[-1], linux_default) == ''
+    clash = rtps_ports.ephemeral_clash(102, linux_default)
     assert 'domain 102 uses UDP ports 32900-32911' in clash and '0..101' in clash
-    assert dds.ephemeral_clash(232, None) == ''  # range unknown: no claim
-    assert all(dds.ephemeral_clash(d, linux_default) == '' for d in harness.PRIVATE_DOMAINS)
+    assert rtps_ports.ephemeral_clash(232, None) == ''  # range unknown: no claim
+    assert all(rtps_ports.ephemeral_clash(d, linux_default) == ''
+               for d in harness.PRIVATE_DOMAINS)
     assert {harness.pick_domain(salt=i) for i in range(500)} <= set(harness.PRIVATE_DOMAINS)
+
+
+def test_pick_domain_skips_domains_this_host_is_using(tmp_path):
+    """Two runs on one domain drive each other's robot (a demo's sim executes any action on its
+    domain): a domain with a bound port in its block is in use, whoever holds it."""
+    import socket
+
+    from vit_perception.tools import harness
+
+    table = tmp_path / 'udp'  # /proc/net/udp: a socket on 7410 (domain 0), one on 8155 (domain 3)
+    table.write_text('  sl  local_address rem_address   st tx_queue rx_queue\n'
+                     '  0: 00000000:1CF2 00000000:0000 07 00000000:00000000\n'
+                     '  1: 0100007F:1FDB 00000000:0000 07 00000000:00000000\n'
+                     '  2: 0100007F:0035 00000000:0000 07 00000000:00000000\n')
+    assert rtps_ports.bound_udp_ports([table, tmp_path / 'missing']) == {7410, 8155, 53}
+    assert rtps_ports.domains_in_use({7410, 8155, 53, 7399, 7400 + 250 * 3 + 249}) == {0, 3}
+    busy = set(range(1, 50))
+    assert harness.pick_domain(salt=0, in_use=busy) not in busy
+    assert {harness.pick_domain(salt=i, in_use=set(range(1, 101))) for i in range(300)} == {101}
+    everything = set(harness.PRIVATE_DOMAINS)
+    assert harness.pick_domain(salt=5, in_use=everything) in everything  # none free: still one
+    # the real tables: a socket bound on some private domain's multicast port marks it in use
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    free = harness.pick_domain(salt=11)
+    try:
+        sock.bind(('0.0.0.0', rtps_ports.domain_ports(free)[0]))
+        assert free in rtps_ports.domains_in_use(rtps_ports.bound_udp_ports())
+        assert harness.pick_domain(salt=11) != free
+    finally:
+        sock.close()
 
 
 def test_a_domain_whose_port_is_taken_is_one_config_error(monkeypatch):
@@ -413,7 +445,7 @@ def test_a_domain_whose_port_is_taken_is_one_config_error(monkeypatch):
 
     domain = dt.use_loopback(monkeypatch)
     holders = []
-    for port in dds.domain_ports(domain)[:2]:  # discovery and user-data multicast ports
+    for port in rtps_ports.domain_ports(domain)[:2]:  # discovery and user-data multicast ports
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # no SO_REUSEADDR: exclusive
         sock.bind(('0.0.0.0', port))
         holders.append(sock)

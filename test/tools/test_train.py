@@ -542,17 +542,24 @@ def test_two_arm_joint_state_policy_trains_and_replays_what_it_trained_on(bimanu
         np.testing.assert_allclose(chunks[stamp], expected[i], rtol=0, atol=1e-4)
 
 
-def test_experiment_closed_loop_sets_a_contaminated_run_aside_and_reruns_it(tmp_path,
-                                                                            monkeypatch):
+def _experiment_script():
     import importlib.util
 
     path = Path(__file__).resolve().parents[2] / 'scripts' / 'pretrain_experiment.py'
     spec = importlib.util.spec_from_file_location('pretrain_experiment', path)
     experiment = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = experiment  # its dataclasses look their module up there
     spec.loader.exec_module(experiment)
+    return experiment
+
+
+def test_experiment_closed_loop_sets_a_contaminated_run_aside_and_reruns_it(tmp_path,
+                                                                            monkeypatch):
+    experiment = _experiment_script()
     runs, foreign = [], [600, 0]  # the first demo was driven by a foreign publisher
 
     def fake_demo(argv):
+        assert argv[:3] == ['demo', '--task', 'aloha-transfer-cube']
         report = Path(argv[argv.index('--report') + 1])
         (report / 'bags').mkdir(parents=True)
         episodes = [{'success': i < 7 - len(runs)} for i in range(10)]
@@ -561,11 +568,58 @@ def test_experiment_closed_loop_sets_a_contaminated_run_aside_and_reruns_it(tmp_
 
     monkeypatch.setattr(experiment, 'run_cli', fake_demo)
     monkeypatch.setattr(experiment, 'foreign_actions', lambda bags: foreign.pop(0))
-    result = experiment.closed_loop(tmp_path, 'b10_s0_scratch', 10)
+    aloha = experiment.TASKS['aloha-transfer-cube']
+    result = experiment.closed_loop(aloha, tmp_path, 'b10_s0_scratch', 10)
     assert result == {'success': 6, 'closed_loop_episodes': 10}  # the second run's count
     assert len(runs) == 2
     assert [p.name.startswith('b10_s0_scratch_contaminated_') for p in
             sorted((tmp_path / 'demo').iterdir())] == [False, True]
     monkeypatch.setattr(experiment, 'foreign_actions', lambda bags: 1)
     with pytest.raises(RuntimeError, match='3 closed-loop runs in a row were void'):
-        experiment.closed_loop(tmp_path, 'b10_s1_scratch', 10)
+        experiment.closed_loop(aloha, tmp_path, 'b10_s1_scratch', 10)
+
+
+def test_experiment_schedule_caps_epochs_alike_for_every_arm():
+    schedule = _experiment_script().schedule
+    assert schedule(638, 64, 1200) == (120, 10)  # the reach grid: 1200 steps at 50 episodes
+    assert schedule(128, 64, 1200) == (600, 2)
+    assert schedule(128, 64, 1200, max_epochs=100) == (100, 2)
+    assert schedule(800, 32, 2500, max_epochs=40) == (40, 25)  # ALOHA, 10 episodes
+    assert schedule(4000, 32, 2500, max_epochs=40) == (20, 125)  # ALOHA, 50 episodes: uncapped
+    assert schedule(10, 64, 1) == (1, 1)
+
+
+def test_experiment_work_directory_keeps_its_task_and_table_columns(tmp_path):
+    experiment = _experiment_script()
+    work = tmp_path / 'w'
+    assert experiment.task_of(work, 'aloha-transfer-cube') == 'aloha-transfer-cube'
+    assert experiment.task_of(work, None) == 'aloha-transfer-cube'  # WORK/task.json
+    with pytest.raises(SystemExit, match='holds the aloha-transfer-cube experiment'):
+        experiment.task_of(work, 'reach')
+    (tmp_path / 'old' / 'runs').mkdir(parents=True)  # a grid from before task.json: reach
+    assert experiment.task_of(tmp_path / 'old', None) == 'reach'
+    aloha = experiment.TASKS['aloha-transfer-cube']
+    mae = [0.01] * 7 + [0.03] * 7
+    rows = [{'task': aloha.name, 'budget': 10, 'seed': seed, 'arm': 'scratch',
+             'train_samples': 800, 'val_mae': [m + 0.01 * seed for m in mae],
+             'baseline_mae': [0.2] * 7 + [0.4] * 7, 'success': seed, 'closed_loop_episodes': 10}
+            for seed in (0, 1)]
+    lines = experiment.table(aloha, rows, {}).splitlines()
+    assert lines[0].startswith('| labeled episodes | arm | seeds | left arm | right arm | mean |')
+    assert lines[2] == ('| 10 (800 samples) | scratch | 0,1 | 0.0150 ± 0.0071 | 0.0350 ± 0.0071 '
+                        '| 0.0250 ± 0.0071 | 0.2000 / 0.4000 / 0.3000 | 1/20 |')
+
+
+def test_experiment_claims_a_run_once_and_takes_over_a_dead_claim(tmp_path):
+    import os
+    import subprocess
+
+    claim = _experiment_script().claim
+    assert claim(tmp_path, 'b10_s0_scratch') is True
+    assert (tmp_path / 'claims' / 'b10_s0_scratch').read_text() == str(os.getpid())
+    assert claim(tmp_path, 'b10_s0_scratch') is False  # held by a live process (this one)
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / 'claims' / 'b10_s1_scratch').write_text(dead)
+    assert claim(tmp_path, 'b10_s1_scratch') is True
+    assert (tmp_path / 'claims' / 'b10_s1_scratch').read_text() == str(os.getpid())

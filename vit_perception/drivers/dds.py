@@ -51,6 +51,7 @@ from cyclonedds.util import duration
 from rosbags.interfaces import Nodetype
 
 from vit_perception.drivers import ros_graph, ros_types
+from vit_perception.drivers.rtps_ports import ephemeral_clash, ephemeral_port_range
 from vit_perception.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -190,43 +191,6 @@ def _warn_small_receive_buffers() -> None:
         _log.warning('net.core.rmem_max is %d bytes: best-effort images will be lost (readers '
                      'lost 39-63%% of 640x480 frames at 212992); raise it: sudo sysctl -w '
                      'net.core.rmem_max=4194304', cap)
-
-
-# RTPS well-known ports (DDSI-RTPS 2.x, 9.6.1.1; Cyclone's and Fast DDS's defaults): domain D
-# binds UDP 7400 + 250*D (+0 discovery, +1 user-data multicast; +10/+11 the first participant's
-# unicast pair, +2 per further participant). From D = 102 on they fall inside Linux's ephemeral
-# range (net.ipv4.ip_local_port_range, 32768-60999 by default), where any other socket may
-# already hold them: creating the domain then fails with "failed to bind ... address in use" (it
-# did, in CI here, on domains 149 and 203). The ROS 2 docs advise 0..101 on Linux for this reason.
-PORT_BASE, DOMAIN_PORT_GAIN, FIXED_PORTS = 7400, 250, 12
-EPHEMERAL_PORTS_PATH = '/proc/sys/net/ipv4/ip_local_port_range'
-
-
-def domain_ports(domain_id: int) -> range:
-    """The UDP ports DDS domain `domain_id` binds at fixed numbers (RTPS port mapping)."""
-    first = PORT_BASE + DOMAIN_PORT_GAIN * domain_id
-    return range(first, first + FIXED_PORTS)
-
-
-def ephemeral_port_range() -> range | None:
-    """The kernel's ephemeral port range (inclusive bounds, as a range); None if unknown."""
-    try:
-        with open(EPHEMERAL_PORTS_PATH) as f:
-            low, high = (int(v) for v in f.read().split()[:2])
-    except (OSError, ValueError):
-        return None
-    return range(low, high + 1)
-
-
-def ephemeral_clash(domain_id: int, ephemeral: range | None) -> str:
-    """'' when the domain's ports are outside `ephemeral`, else one line saying what to do."""
-    ports = domain_ports(domain_id)
-    if ephemeral is None or ports.stop <= ephemeral.start or ports.start >= ephemeral.stop:
-        return ''
-    return (f'DDS domain {domain_id} uses UDP ports {ports.start}-{ports.stop - 1}, inside the '
-            f"kernel's ephemeral range {ephemeral.start}-{ephemeral.stop - 1} "
-            '(net.ipv4.ip_local_port_range), where another socket can hold them; use a domain id '
-            'in 0..101 (ROS_DOMAIN_ID)')
 
 
 _domains: dict[int, Domain] = {}  # configured once per process and domain id, kept

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vit_perception.drivers.rtps_ports import bound_udp_ports, domains_in_use
 from vit_perception.errors import ConfigError
 
 # Unicast discovery on 127.0.0.1 only: nothing leaves the machine, works where multicast is
@@ -63,15 +64,21 @@ def loopback_env(base: dict | None = None, domain: int | None = None) -> dict:
 
 
 # Domain ids for private runs: 1..101. 0 is ROS 2's default (a user's robot); from 102 on the
-# domain's UDP ports fall in Linux's ephemeral range (drivers/dds.py, domain_ports).
+# domain's UDP ports fall in Linux's ephemeral range (drivers/rtps_ports.py).
 PRIVATE_DOMAINS = range(1, 102)
 
 
-def pick_domain(salt: int | None = None) -> int:
-    """A private DDS domain id (PRIVATE_DOMAINS) that differs between concurrently running
-    processes; `salt` (a counter) makes consecutive calls in one process differ too."""
+def pick_domain(salt: int | None = None, in_use: set[int] | None = None) -> int:
+    """A private DDS domain id (PRIVATE_DOMAINS) no process on this host is using (none of its
+    ports is bound; `in_use` overrides what /proc says), starting from one that differs between
+    concurrently starting processes; `salt` (a counter) makes consecutive calls in one process
+    differ too. When every private domain is in use, the starting one."""
     salt = int(time.monotonic() * 1000) if salt is None else salt
-    return PRIVATE_DOMAINS[(os.getpid() * 7 + salt) % len(PRIVATE_DOMAINS)]
+    in_use = domains_in_use(bound_udp_ports()) if in_use is None else in_use
+    start = (os.getpid() * 7 + salt) % len(PRIVATE_DOMAINS)
+    order = [PRIVATE_DOMAINS[(start + i) % len(PRIVATE_DOMAINS)]
+             for i in range(len(PRIVATE_DOMAINS))]
+    return next((d for d in order if d not in in_use), order[0])
 
 
 def interruptible_child() -> None:
