@@ -131,12 +131,13 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    write_recipe(work, task)
-    record(task, work / 'labeled', args.labeled_episodes, task.labeled_seed, noise=True)
-    record(task, work / 'val', args.val_episodes, 1000, noise=False)
-    if any(arm != 'scratch' for arm in args.arms):
-        record(task, work / 'pool', args.pool_episodes, POOL_SEED[task.name], noise=False)
-        pretrain_all(work, args)
+    if not args.closed_loop_only:  # (it only reads what the training invocations wrote)
+        write_recipe(work, task)
+        record(task, work / 'labeled', args.labeled_episodes, task.labeled_seed, noise=True)
+        record(task, work / 'val', args.val_episodes, 1000, noise=False)
+        if any(arm != 'scratch' for arm in args.arms):
+            record(task, work / 'pool', args.pool_episodes, POOL_SEED[task.name], noise=False)
+            pretrain_all(work, args)
     if args.pretrain_only:
         return 0
     data = {}  # labeled episodes and validation data, read when the first run needs them
@@ -229,6 +230,8 @@ def pretrain_all(work: Path, args) -> None:
         out = work / f'ssl_{objective}'
         if objective == 'beitv2' and not any(a.startswith('beitv2') for a in args.arms):
             continue
+        while not (out / 'pretrain_report.json').is_file() and not claim(work, out.name):
+            time.sleep(10)  # another invocation is pretraining it: wait for its report
         if not (out / 'pretrain_report.json').is_file():
             started = time.perf_counter()
             recipe = [] if recipe_path(work) is None else [

@@ -623,3 +623,21 @@ def test_experiment_claims_a_run_once_and_takes_over_a_dead_claim(tmp_path):
     (tmp_path / 'claims' / 'b10_s1_scratch').write_text(dead)
     assert claim(tmp_path, 'b10_s1_scratch') is True
     assert (tmp_path / 'claims' / 'b10_s1_scratch').read_text() == str(os.getpid())
+
+
+def test_experiment_closed_loop_only_never_records_or_pretrains(tmp_path, monkeypatch):
+    """It runs beside training invocations: a second pretraining into the same directory once
+    started from it (its arms default to all, which need the pretrained encoders)."""
+    experiment = _experiment_script()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError('recorded or pretrained')
+
+    monkeypatch.setattr(experiment, 'record', forbidden)
+    monkeypatch.setattr(experiment, 'pretrain_all', forbidden)
+    monkeypatch.setattr(experiment, 'write_recipe', forbidden)
+    monkeypatch.setattr(sys, 'argv', ['pretrain_experiment.py', '--work', str(tmp_path / 'w'),
+                                      '--task', 'aloha-transfer-cube', '--closed-loop-only',
+                                      '--closed-loop', '10'])
+    assert experiment.main() == 0
+    assert sorted(p.name for p in (tmp_path / 'w').iterdir()) == ['task.json']
