@@ -53,6 +53,7 @@ class Task:
     labeled_seed: int
     batch: int
     train: dict = field(default_factory=dict)  # TrainOptions fields beyond the defaults
+    outcomes: tuple[str, ...] = ('success',)  # closed loop: per-episode booleans counted
 
     def recipe(self) -> dict | None:
         """Policy config data (None: train's DEFAULT_POLICY)."""
@@ -84,7 +85,8 @@ TASKS = {
     'aloha-transfer-cube': Task(
         'aloha-transfer-cube', (('left arm', tuple(range(7))), ('right arm', tuple(range(7, 14))),
                                 ('mean', tuple(range(14)))),
-        labeled_seed=100, batch=32, train={'augment_shift': 0}),
+        labeled_seed=100, batch=32, train={'augment_shift': 0},
+        outcomes=('success', 'lift', 'touch')),  # success = transfer
 }
 POOL_SEED = {'reach': 2000, 'aloha-transfer-cube': 0}
 
@@ -166,7 +168,7 @@ def main() -> int:
                                      load('val'), work, args)
                     write_json(path, result)
                 if (args.closed_loop and budget in args.closed_loop_budgets
-                        and 'success' not in result):
+                        and any(key not in result for key in task.outcomes)):
                     started = time.perf_counter()
                     result.update(closed_loop(task, work, name, args.closed_loop))
                     result['closed_loop_seconds'] = round(time.perf_counter() - started, 1)
@@ -295,9 +297,9 @@ def schedule(samples: int, batch: int, steps: int, max_epochs: int = 0) -> tuple
 
 
 def closed_loop(task: Task, work: Path, name: str, episodes: int, attempts: int = 3) -> dict:
-    """`vit-perception demo` on held-out seeds 1000.. with the run's checkpoint; a run that
-    another process on the same DDS domain drove is void, set aside and rerun. ALOHA: success
-    is a transfer."""
+    """`vit-perception demo` on held-out seeds 1000.. with the run's checkpoint (an existing
+    report is counted again, not rerun); a run that another process on the same DDS domain
+    drove is void, set aside and rerun. Counts of task.outcomes (ALOHA: success = transfer)."""
     report = work / 'demo' / name
     for _ in range(attempts):
         if not (report / 'sim.json').is_file():
@@ -307,7 +309,7 @@ def closed_loop(task: Task, work: Path, name: str, episodes: int, attempts: int 
         sim = json.loads((report / 'sim.json').read_text())
         foreign = foreign_actions(report / 'bags')
         if not foreign:
-            return {'success': sum(bool(e['success']) for e in sim['episodes']),
+            return {**{key: sum(bool(e[key]) for e in sim['episodes']) for key in task.outcomes},
                     'closed_loop_episodes': len(sim['episodes'])}
         print(f'{name}: {foreign} actions in the demo bags came from a foreign publisher on '
               'the same DDS domain; void, rerunning', file=sys.stderr, flush=True)
@@ -378,8 +380,10 @@ def table(task: Task, results: list[dict], costs: dict) -> str:
         return sum(values[i] for i in dims) / len(dims)
 
     names = [name for name, _ in task.columns]
+    outcome = 'closed-loop success' + (
+        f' ({" / ".join(task.outcomes[1:])})' if len(task.outcomes) > 1 else '')
     lines = ['| labeled episodes | arm | seeds | ' + ' | '.join(names) + ' | constant baseline '
-             + ' / '.join(names) + ' | closed-loop success |',
+             + ' / '.join(names) + f' | {outcome} |',
              '|---|---|---|' + '---|' * (len(names) + 2)]
     for budget in sorted({r['budget'] for r in results}):
         for arm in ARMS:
@@ -391,9 +395,12 @@ def table(task: Task, results: list[dict], costs: dict) -> str:
             base = ' / '.join(
                 f'{statistics.fmean(mean_over(r["baseline_mae"], dims) for r in rows):.4f}'
                 for _, dims in task.columns)
-            loops = [r for r in rows if 'success' in r]
-            success = (f'{sum(r["success"] for r in loops)}/'
-                       f'{sum(r["closed_loop_episodes"] for r in loops)}' if loops else '')
+            loops = [r for r in rows if all(key in r for key in task.outcomes)]
+            success = ''
+            if loops:
+                counts = [sum(r[key] for r in loops) for key in task.outcomes]
+                success = (f'{counts[0]}/{sum(r["closed_loop_episodes"] for r in loops)}'
+                           + (f' ({" / ".join(map(str, counts[1:]))})' if counts[1:] else ''))
             samples = rows[0]['train_samples']
             lines.append(f'| {budget} ({samples} samples) | {arm} | '
                          f'{",".join(str(r["seed"]) for r in rows)} | {" | ".join(cells)} | '

@@ -562,7 +562,8 @@ def test_experiment_closed_loop_sets_a_contaminated_run_aside_and_reruns_it(tmp_
         assert argv[:3] == ['demo', '--task', 'aloha-transfer-cube']
         report = Path(argv[argv.index('--report') + 1])
         (report / 'bags').mkdir(parents=True)
-        episodes = [{'success': i < 7 - len(runs)} for i in range(10)]
+        episodes = [{'success': i < 7 - len(runs), 'lift': i < 8, 'touch': i < 9}
+                    for i in range(10)]
         (report / 'sim.json').write_text(json.dumps({'episodes': episodes}))
         runs.append(report)
 
@@ -570,7 +571,8 @@ def test_experiment_closed_loop_sets_a_contaminated_run_aside_and_reruns_it(tmp_
     monkeypatch.setattr(experiment, 'foreign_actions', lambda bags: foreign.pop(0))
     aloha = experiment.TASKS['aloha-transfer-cube']
     result = experiment.closed_loop(aloha, tmp_path, 'b10_s0_scratch', 10)
-    assert result == {'success': 6, 'closed_loop_episodes': 10}  # the second run's count
+    assert result == {'success': 6, 'lift': 8, 'touch': 9,  # the second run's counts
+                      'closed_loop_episodes': 10}
     assert len(runs) == 2
     assert [p.name.startswith('b10_s0_scratch_contaminated_') for p in
             sorted((tmp_path / 'demo').iterdir())] == [False, True]
@@ -602,12 +604,16 @@ def test_experiment_work_directory_keeps_its_task_and_table_columns(tmp_path):
     mae = [0.01] * 7 + [0.03] * 7
     rows = [{'task': aloha.name, 'budget': 10, 'seed': seed, 'arm': 'scratch',
              'train_samples': 800, 'val_mae': [m + 0.01 * seed for m in mae],
-             'baseline_mae': [0.2] * 7 + [0.4] * 7, 'success': seed, 'closed_loop_episodes': 10}
+             'baseline_mae': [0.2] * 7 + [0.4] * 7, 'success': seed, 'lift': 2 + seed,
+             'touch': 5, 'closed_loop_episodes': 10}
             for seed in (0, 1)]
     lines = experiment.table(aloha, rows, {}).splitlines()
     assert lines[0].startswith('| labeled episodes | arm | seeds | left arm | right arm | mean |')
+    assert lines[0].endswith('| closed-loop success (lift / touch) |')
     assert lines[2] == ('| 10 (800 samples) | scratch | 0,1 | 0.0150 ± 0.0071 | 0.0350 ± 0.0071 '
-                        '| 0.0250 ± 0.0071 | 0.2000 / 0.4000 / 0.3000 | 1/20 |')
+                        '| 0.0250 ± 0.0071 | 0.2000 / 0.4000 / 0.3000 | 1/20 (5 / 10) |')
+    del rows[1]['touch']  # a run whose closed loop predates the count: not in the cell
+    assert experiment.table(aloha, rows, {}).splitlines()[2].endswith('| 0/10 (2 / 5) |')
 
 
 def test_experiment_claims_a_run_once_and_takes_over_a_dead_claim(tmp_path):
