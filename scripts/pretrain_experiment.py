@@ -168,7 +168,8 @@ def main() -> int:
                                      load('val'), work, args)
                     write_json(path, result)
                 if (args.closed_loop and budget in args.closed_loop_budgets
-                        and any(key not in result for key in task.outcomes)):
+                        and any(key not in result for key in task.outcomes)
+                        and claim(work, f'{name}.closed_loop')):  # not another invocation's
                     started = time.perf_counter()
                     result.update(closed_loop(task, work, name, args.closed_loop))
                     result['closed_loop_seconds'] = round(time.perf_counter() - started, 1)
