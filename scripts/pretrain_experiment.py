@@ -170,9 +170,7 @@ def main() -> int:
                 if (args.closed_loop and budget in args.closed_loop_budgets
                         and any(key not in result for key in task.outcomes)
                         and claim(work, f'{name}.closed_loop')):  # not another invocation's
-                    started = time.perf_counter()
                     result.update(closed_loop(task, work, name, args.closed_loop))
-                    result['closed_loop_seconds'] = round(time.perf_counter() - started, 1)
                     write_json(path, result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
     print(table(task, load_results(work),
@@ -303,15 +301,18 @@ def closed_loop(task: Task, work: Path, name: str, episodes: int, attempts: int 
     drove is void, set aside and rerun. Counts of task.outcomes (ALOHA: success = transfer)."""
     report = work / 'demo' / name
     for _ in range(attempts):
+        seconds = {}
         if not (report / 'sim.json').is_file():
+            started = time.perf_counter()
             run_cli(['demo', '--task', task.name, '--model', str(work / 'runs' / name),
                      '--episodes', str(episodes), '--report', str(report)])
             # (its own domain id: harness.pick_domain)
+            seconds = {'closed_loop_seconds': round(time.perf_counter() - started, 1)}
         sim = json.loads((report / 'sim.json').read_text())
         foreign = foreign_actions(report / 'bags')
         if not foreign:
             return {**{key: sum(bool(e[key]) for e in sim['episodes']) for key in task.outcomes},
-                    'closed_loop_episodes': len(sim['episodes'])}
+                    'closed_loop_episodes': len(sim['episodes']), **seconds}
         print(f'{name}: {foreign} actions in the demo bags came from a foreign publisher on '
               'the same DDS domain; void, rerunning', file=sys.stderr, flush=True)
         report.rename(report.with_name(f'{name}_contaminated_{time.time_ns()}'))

@@ -571,8 +571,13 @@ def test_experiment_closed_loop_sets_a_contaminated_run_aside_and_reruns_it(tmp_
     monkeypatch.setattr(experiment, 'foreign_actions', lambda bags: foreign.pop(0))
     aloha = experiment.TASKS['aloha-transfer-cube']
     result = experiment.closed_loop(aloha, tmp_path, 'b10_s0_scratch', 10)
+    seconds = result.pop('closed_loop_seconds')
     assert result == {'success': 6, 'lift': 8, 'touch': 9,  # the second run's counts
                       'closed_loop_episodes': 10}
+    assert isinstance(seconds, float)  # the demo ran: its wall time is kept
+    foreign.append(0)
+    recount = experiment.closed_loop(aloha, tmp_path, 'b10_s0_scratch', 10)
+    assert recount == result and len(runs) == 2  # its report counted again: no demo, no time
     assert len(runs) == 2
     assert [p.name.startswith('b10_s0_scratch_contaminated_') for p in
             sorted((tmp_path / 'demo').iterdir())] == [False, True]
