@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -334,10 +335,9 @@ def foreign_actions(bags: Path) -> int:
 
 
 def claim(work: Path, name: str) -> bool:
-    """Claim a run for this process (WORK/claims/NAME holds its pid), so that invocations
-    sharing WORK never train the same run; a dead process's claim is taken over."""
-    import os
-
+    """Claim a piece of work (a run, its closed loop, a pretraining) for this process
+    (WORK/claims/NAME holds its pid), so that invocations sharing WORK never do the same one
+    twice; a dead process's claim is taken over."""
     path = work / 'claims' / name
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
