@@ -52,6 +52,7 @@ class Task:
     name: str
     columns: tuple[tuple[str, tuple[int, ...]], ...]  # table column -> action dims averaged
     labeled_seed: int
+    pool_seed: int
     batch: int
     train: dict = field(default_factory=dict)  # TrainOptions fields beyond the defaults
     outcomes: tuple[str, ...] = ('success',)  # closed loop: per-episode booleans counted
@@ -81,15 +82,14 @@ class Task:
 DIMS3 = (0, 1, 2)  # reach: dx dy dz; its other action dims are constant zero
 TASKS = {
     'reach': Task('reach', (('dx', (0,)), ('dy', (1,)), ('dz', (2,)), ('mean', DIMS3)),
-                  labeled_seed=0, batch=64),
+                  labeled_seed=0, pool_seed=2000, batch=64),
     # ALOHA: 14 joints (left arm 0-6, right arm 7-13); no shift augmentation, as the recipe
     'aloha-transfer-cube': Task(
         'aloha-transfer-cube', (('left arm', tuple(range(7))), ('right arm', tuple(range(7, 14))),
                                 ('mean', tuple(range(14)))),
-        labeled_seed=100, batch=32, train={'augment_shift': 0},
+        labeled_seed=100, pool_seed=0, batch=32, train={'augment_shift': 0},
         outcomes=('success', 'lift', 'touch')),  # success = transfer
 }
-POOL_SEED = {'reach': 2000, 'aloha-transfer-cube': 0}
 
 
 def main() -> int:
@@ -139,7 +139,7 @@ def main() -> int:
         record(task, work / 'labeled', args.labeled_episodes, task.labeled_seed, noise=True)
         record(task, work / 'val', args.val_episodes, 1000, noise=False)
         if any(arm != 'scratch' for arm in args.arms):
-            record(task, work / 'pool', args.pool_episodes, POOL_SEED[task.name], noise=False)
+            record(task, work / 'pool', args.pool_episodes, task.pool_seed, noise=False)
             pretrain_all(work, args)
     if args.pretrain_only:
         return 0
