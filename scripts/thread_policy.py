@@ -50,8 +50,8 @@ def main() -> None:
                 policy.early_features(pixels, policy.pose_tokenizer(features))
         return call
 
-    def ort_call(threads, spin):
-        return runtimes.OnnxRuntimeSession(path, threads=threads, spin=spin).run
+    def ort_call(threads, spin_us):
+        return runtimes.OnnxRuntimeSession(path, threads=threads, spin_us=spin_us).run
 
     def ov_call(threads, pinning):
         compiled = ov.Core().compile_model(str(path), 'CPU', {
@@ -61,13 +61,19 @@ def main() -> None:
         return lambda: request.infer(feeds)
 
     calls = {f'torch threads={cores}': torch_call(cores), 'torch threads=1': torch_call(1)}
-    for threads in sorted({cores, 1}, reverse=True):
-        calls[f'ort threads={threads} spin'] = (lambda run: lambda: run(feeds))(
-            ort_call(threads, True))
-        calls[f'ort threads={threads} no-spin'] = (lambda run: lambda: run(feeds))(
-            ort_call(threads, False))
+    thread_counts = sorted({cores, 1}, reverse=True)
+    for threads in thread_counts:
+        for label, spin_us in ((f'spin {runtimes.ORT_SPIN_US}us', runtimes.ORT_SPIN_US),
+                               ('no-spin', 0)):
+            calls[f'ort threads={threads} {label}'] = (lambda run: lambda: run(feeds))(
+                ort_call(threads, spin_us))
         calls[f'ov threads={threads} pinned'] = ov_call(threads, True)
         calls[f'ov threads={threads} unpinned'] = ov_call(threads, False)
+    # ORT's own default spin last: measured, the ORT session created right after one of these
+    # ran 15-65 % slower, whatever its own settings.
+    for threads in thread_counts:
+        calls[f'ort threads={threads} spin (ORT default)'] = (lambda run: lambda: run(feeds))(
+            ort_call(threads, None))
     calls = {name: call for name, call in calls.items()
              if args.only is None or name.startswith(args.only)}
     for call in calls.values():  # warm-up
@@ -87,12 +93,12 @@ def main() -> None:
     print(f'ViT-{args.size[0].upper()}/16 224 early fusion, model only, fp32, {args.iters} '
           f'alternating iterations, {cores} cores, OMP_WAIT_POLICY when torch loaded: '
           f'{wait_policy_at_start()}')
-    print(f"{'variant':<26}{'quiet p50':>10}{'p99':>8}{f'load {args.load}: p50':>15}{'p99':>8}"
+    print(f"{'variant':<34}{'quiet p50':>10}{'p99':>8}{f'load {args.load}: p50':>15}{'p99':>8}"
           f"{'p99/quiet p50':>15}")
     for name in calls:
         q50, q99 = np.percentile(quiet[name], [50, 99])
         l50, l99 = np.percentile(loaded[name], [50, 99])
-        print(f'{name:<26}{q50:>10.1f}{q99:>8.1f}{l50:>15.1f}{l99:>8.1f}{l99 / q50:>15.2f}')
+        print(f'{name:<34}{q50:>10.1f}{q99:>8.1f}{l50:>15.1f}{l99:>8.1f}{l99 / q50:>15.2f}')
 
 
 def wait_policy_at_start() -> str:

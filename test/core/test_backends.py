@@ -316,3 +316,22 @@ def test_threads_reach_torch_and_the_runtime(backend, cache_dir, monkeypatch):
             assert built.runtime._policy.compiled.get_property('INFERENCE_NUM_THREADS') == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif('onnxruntime' not in runtimes.installed_runtimes(),
+                    reason='onnxruntime not installed')
+@pytest.mark.parametrize('spin_us, allow, duration', [
+    ('default', '1', '100'), (0, '0', None), (200, '1', '200'), (None, '1', None)])
+def test_onnxruntime_workers_spin_100_us_by_default(spin_us, allow, duration, cache_dir):
+    path = onnx_graphs.cached_graphs(make_policy(), 'fp32', cache_dir)['policy']
+    kwargs = {} if spin_us == 'default' else {'spin_us': spin_us}
+    options = runtimes.OnnxRuntimeSession(path, **kwargs).session.get_session_options()
+
+    def entry(key):  # None when not set (ORT raises)
+        try:
+            return options.get_session_config_entry(key)
+        except RuntimeError:
+            return None
+
+    assert entry('session.intra_op.allow_spinning') == allow
+    assert entry('session.intra_op.spin_duration_us') == duration

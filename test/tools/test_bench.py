@@ -105,11 +105,41 @@ def test_target_lines_say_met_or_not_from_the_numbers():
     assert '70 % (target >= 75 %: NOT met)' in text
     assert '3.50x (target <= 3: NOT met)' in text
     assert '1.050x (target <= 1.15: met)' in text
-    no_bf16 = '\n'.join(bench._target_lines({**targets, 'native_bf16': False}))
+    no_bf16 = '\n'.join(bench._target_lines({**targets, 'native_bf16': False,
+                                             'chosen_percent_of_bf16_peak': None}))
     assert 'no native bf16' in no_bf16 and 'target >= 75' not in no_bf16
+
+
+def test_targets_give_no_bf16_percentage_against_an_emulated_bf16_peak():
+    def contender(p50, p99, gflops):
+        return {'total_ms': {'p50': p50, 'p99': p99}, 'gflops': gflops,
+                'percent_of_peak': 50.0, 'end_to_end_over_model': 1.02}
+
+    contenders = {'torch': contender(120.0, 170.0, 70.0),
+                  'openvino': contender(80.0, 110.0, 105.0)}
+    peak = {'fp32': 140.0, 'bf16': 0.9}
+    native = bench._targets(contenders, ['torch', 'openvino'], peak, native_bf16=True)
+    assert native['chosen'] == 'openvino' and native['fastest_peer'] == 'torch'
+    assert native['chosen_percent_of_bf16_peak'] == pytest.approx(100 * 105.0 / 0.9)
+    assert native['chosen_p50_over_fastest_peer_p50'] == pytest.approx(80.0 / 120.0)
+    emulated = bench._targets(contenders, ['torch', 'openvino'], peak, native_bf16=False)
+    assert emulated['chosen_percent_of_bf16_peak'] is None
 
 
 def test_unknown_backend_is_one_line(capsys):
     assert cli.main(['bench', '--backends', 'torch,tensorrt', '--size', 'tiny']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'tensorrt'" in err[0]
+
+
+def test_random_init_is_the_same_every_run_so_the_onnx_cache_is_reused():
+    from vit_perception.model.onnx_graphs import content_hash
+
+    torch.manual_seed(5)
+    first = bench.load_policy('', 'tiny', 'early', 1)
+    after_first = torch.rand(3)
+    torch.manual_seed(5)
+    second = bench.load_policy('', 'tiny', 'early', 1)
+    assert torch.equal(torch.rand(3), after_first)  # the caller's random stream is untouched
+    assert content_hash(first, 'fp32') == content_hash(second, 'fp32')
+    assert next(first.parameters()).abs().sum() > 0

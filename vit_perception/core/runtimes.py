@@ -2,8 +2,9 @@
 
 Each runtime runs the cached ONNX graphs of `model/onnx_graphs.py` (`policy`, and `refresh` in
 late fusion) and hands back numpy arrays. The thread settings (one stream, a fixed thread count,
-no busy-waiting between calls) were chosen by measurement under CPU contention (README,
-"Benchmarks"). `choose_backend` is the pure rule behind `engine.backend: auto`.
+at most a short busy-wait between operators) were chosen by measurement, quiet and under CPU
+contention (README, "Thread policy"). `choose_backend` is the pure rule behind
+`engine.backend: auto`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 RUNTIMES = ('openvino', 'onnxruntime')
 BACKENDS = ('auto', 'torch') + RUNTIMES
 INSTALL_HINT = "pip install 'vit_perception[runtimes]'"
+# How long an idle ONNX Runtime worker busy-waits for the next operator before it sleeps.
+# Measured (README "Thread policy"): faster than no spinning on a quiet CPU, without the longer
+# tail under load that ORT's own (longer) default spin gives.
+ORT_SPIN_US = 100
 
 
 def importable(module: str) -> bool:
@@ -75,7 +80,9 @@ class OnnxRuntimeSession:
     name = 'onnxruntime'
 
     def __init__(self, path: str | Path, *, device: str = 'cpu', threads: int = 0,
-                 spin: bool = False):
+                 spin_us: int | None = ORT_SPIN_US):
+        """spin_us: a worker's busy-wait for the next operator before it sleeps (0: none; None:
+        ORT's own default, which spins longer)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -83,8 +90,12 @@ class OnnxRuntimeSession:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = threads  # 0 = ORT's default (one per physical core)
         options.inter_op_num_threads = 1
-        # Spinning threads burn the cores other processes need, and wait for pre-empted peers.
-        options.add_session_config_entry('session.intra_op.allow_spinning', '1' if spin else '0')
+        # Long spins burn the cores other processes need; none at all puts every operator's
+        # workers to sleep and wakes them for the next one. A short bound avoids both.
+        options.add_session_config_entry('session.intra_op.allow_spinning',
+                                         '0' if spin_us == 0 else '1')
+        if spin_us:
+            options.add_session_config_entry('session.intra_op.spin_duration_us', str(spin_us))
         self.providers = ort_providers(device)
         self.session = ort.InferenceSession(str(path), options, providers=self.providers)
         self.precision = 'fp32'  # the engine's graphs are fp32; ORT's CPU kernels have no bf16
