@@ -143,3 +143,36 @@ def test_random_init_is_the_same_every_run_so_the_onnx_cache_is_reused():
     assert torch.equal(torch.rand(3), after_first)  # the caller's random stream is untouched
     assert content_hash(first, 'fp32') == content_hash(second, 'fp32')
     assert next(first.parameters()).abs().sum() > 0
+
+
+def test_matmul_peak_is_the_fastest_timed_call(monkeypatch):
+    durations = iter([9.0, 0.5, 0.25, 0.5])  # s per call; the first call is untimed
+    clock = {'now': 0.0, 'start': True}
+
+    def fake_perf_counter():
+        if not clock['start']:
+            clock['now'] += next(durations)
+        clock['start'] = not clock['start']
+        return clock['now']
+
+    monkeypatch.setattr(bench.time, 'perf_counter', fake_perf_counter)
+    gflops = bench._matmul_gflops(torch.device('cpu'), torch.float32, repeats=3)
+    assert gflops == pytest.approx(2 * 1024 ** 3 / 0.25 / 1e9)
+
+
+def test_matmul_peaks_use_every_core_and_one_call_for_emulated_bf16(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, '_matmul_gflops',
+                        lambda device, dtype, repeats: calls.append((dtype, repeats)) or 1.0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        peaks = bench._matmul_peaks(torch.device('cpu'), torch.float32, False, threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert set(peaks) == {'fp32', 'bf16'}
+    assert calls == [(torch.float32, 10), (torch.bfloat16, 1)]
+    calls.clear()
+    bench._matmul_peaks(torch.device('cpu'), torch.float16, True, threads=before)
+    assert calls == [(torch.float32, 10), (torch.bfloat16, 10), (torch.float16, 10)]
