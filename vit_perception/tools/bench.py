@@ -435,13 +435,13 @@ def _matmul_peaks(device, engine_dtype, native_bf16: bool, threads: int) -> dict
     """{'fp32', 'bf16'[, 'fp16']: GFLOP/s} with `threads` torch threads (all cores)."""
     import torch
 
+    from vit_perception.core.engine import DTYPES
+
     torch.set_num_threads(threads)
-    dtypes = {'fp32': torch.float32, 'bf16': torch.bfloat16}
-    if engine_dtype == torch.float16:
-        dtypes['fp16'] = torch.float16
+    names = ['fp32', 'bf16'] + (['fp16'] if engine_dtype == DTYPES['fp16'] else [])
     # Emulated bf16 runs at ~1 GFLOP/s (2 s a call): one timed call shows it, ten would take 20 s.
-    return {name: _matmul_gflops(device, dtype, 10 if name != 'bf16' or native_bf16 else 1)
-            for name, dtype in dtypes.items()}
+    return {name: _matmul_gflops(device, DTYPES[name], 10 if name != 'bf16' or native_bf16 else 1)
+            for name in names}
 
 
 def _summarize(samples: list[dict]) -> dict:
