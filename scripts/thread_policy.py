@@ -3,6 +3,7 @@
     python3 scripts/thread_policy.py --size small --iters 30 --load 2
     OMP_WAIT_POLICY=PASSIVE python3 scripts/thread_policy.py ...   # libgomp threads sleep
     python3 scripts/thread_policy.py --only torch --load 0          # one side of a process A/B
+    python3 scripts/thread_policy.py --nice -5 --only ort           # + the defaults at nice -5
 
 torch loads here before vit_perception (which sets OMP_WAIT_POLICY=PASSIVE), so without the
 variable libgomp's own default applies: threads spin a while before they sleep.
@@ -22,7 +23,7 @@ import numpy as np
 import openvino as ov
 import torch
 
-from vit_perception.core import runtimes
+from vit_perception.core import priority, runtimes
 from vit_perception.model.onnx_graphs import cached_graphs, example_inputs
 from vit_perception.tools.bench import SIZES, busy_load, load_policy
 
@@ -34,6 +35,9 @@ def main() -> None:
     parser.add_argument('--load', type=int, default=2)
     parser.add_argument('--cache-dir', default='')
     parser.add_argument('--only', choices=['torch', 'ort', 'ov'], help='one library only')
+    parser.add_argument('--nice', type=int, default=0, help='also each library at its default '
+                        'threads with this nice value (the busy loops and the other variants '
+                        'keep the one this process started with; below it needs CAP_SYS_NICE)')
     args = parser.parse_args()
 
     policy = load_policy('', args.size, 'early', 1)
@@ -74,6 +78,13 @@ def main() -> None:
     for threads in thread_counts:
         calls[f'ort threads={threads} spin (ORT default)'] = (lambda run: lambda: run(feeds))(
             ort_call(threads, None))
+    start_nice = priority.current_nice()
+    nices = {}  # variant -> its nice value, set on every thread before each call
+    if args.nice:
+        ort_default = f'ort threads={cores} spin {runtimes.ORT_SPIN_US}us'
+        for name in (f'torch threads={cores}', ort_default, f'ov threads={cores} unpinned'):
+            nices[f'{name} nice {args.nice}'] = args.nice
+            calls[f'{name} nice {args.nice}'] = calls[name]
     calls = {name: call for name, call in calls.items()
              if args.only is None or name.startswith(args.only)}
     for call in calls.values():  # warm-up
@@ -81,6 +92,7 @@ def main() -> None:
         call()
 
     def timed(name):
+        priority.set_nice(nices.get(name, start_nice))
         start = time.perf_counter()
         calls[name]()
         return (time.perf_counter() - start) * 1e3
@@ -88,17 +100,17 @@ def main() -> None:
     quiet = runtimes.measure_backends(timed, list(calls), args.iters)
     loaded = quiet
     if args.load:
-        with busy_load(args.load, seconds=1800):
+        with busy_load(args.load, seconds=1800, nice=start_nice):
             loaded = runtimes.measure_backends(timed, list(calls), args.iters)
     print(f'ViT-{args.size[0].upper()}/16 224 early fusion, model only, fp32, {args.iters} '
           f'alternating iterations, {cores} cores, OMP_WAIT_POLICY when torch loaded: '
           f'{wait_policy_at_start()}')
-    print(f"{'variant':<34}{'quiet p50':>10}{'p99':>8}{f'load {args.load}: p50':>15}{'p99':>8}"
+    print(f"{'variant':<42}{'quiet p50':>10}{'p99':>8}{f'load {args.load}: p50':>15}{'p99':>8}"
           f"{'p99/quiet p50':>15}")
     for name in calls:
         q50, q99 = np.percentile(quiet[name], [50, 99])
         l50, l99 = np.percentile(loaded[name], [50, 99])
-        print(f'{name:<34}{q50:>10.1f}{q99:>8.1f}{l50:>15.1f}{l99:>8.1f}{l99 / q50:>15.2f}')
+        print(f'{name:<42}{q50:>10.1f}{q99:>8.1f}{l50:>15.1f}{l99:>8.1f}{l99 / q50:>15.2f}')
 
 
 def wait_policy_at_start() -> str:

@@ -58,6 +58,7 @@ MAX_PERIOD_S = 3600.0
 MAX_AGE_S = 60.0
 ENGINE_BACKENDS = ('auto', 'torch', 'openvino', 'onnxruntime')
 MAX_THREADS = 1024
+NICE_RANGE = (-20, 19)  # Linux nice values, lowest = highest priority
 
 
 @dataclass
@@ -92,6 +93,12 @@ class EngineConfig:
         'default (one per core). Fewer than the cores bounds latency when other processes '
         'share them.',
         default=0)
+    nice: int = param(
+        'Nice value (-20..19) of every thread of the process, set when the engine loads; 0 = '
+        "leave it as it is. Below the other processes' (usually 0) the node gets the CPU "
+        'first when they compete; negative values need CAP_SYS_NICE or a nice entry in '
+        '/etc/security/limits.conf, else the node warns once and keeps its priority.',
+        default=0)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -104,6 +111,9 @@ class EngineConfig:
         if not 0 <= self.threads <= MAX_THREADS:
             raise ConfigError(f"engine.threads={self.threads}: expected 0 (the libraries' "
                               f'default) .. {MAX_THREADS}')
+        if not NICE_RANGE[0] <= self.nice <= NICE_RANGE[1]:
+            raise ConfigError(f'engine.nice={self.nice}: expected {NICE_RANGE[0]}..'
+                              f'{NICE_RANGE[1]} (0: unchanged; lower = more CPU under contention)')
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f'engine.device={short_repr(self.device)}: expected auto, cpu, '
                               'cuda, cuda:N or mps')

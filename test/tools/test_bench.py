@@ -1,12 +1,13 @@
 """`vit-perception bench`: every backend side by side, --load busy loops, peaks and targets."""
 
 import json
+import os
 
 import psutil
 import pytest
 import torch
 
-from vit_perception.core import runtimes
+from vit_perception.core import priority, runtimes
 from vit_perception.model.checkpoint import save_checkpoint
 from vit_perception.model.config import tiny_config
 from vit_perception.model.policy import build_policy
@@ -34,6 +35,7 @@ def test_bench_compares_every_backend_quiet_and_under_load(checkpoint, tmp_path,
     report = json.loads(capsys.readouterr().out)
     names = ['naive', 'torch', *runtimes.installed_runtimes()]
     assert list(report['contenders']) == names and report['load'] == 1
+    assert report['nice'] == report['load_nice'] == priority.current_nice()  # no --nice
     peak = report['matmul_peak_gflops']
     assert set(peak) == {'fp32', 'bf16'} and min(peak.values()) > 0
     for c in report['contenders'].values():
@@ -88,6 +90,43 @@ def test_busy_loops_stop_when_the_bench_fails():
         assert [p.poll() for p in procs] == [None, None]  # spinning
         raise RuntimeError('bench failed')
     assert all(p.returncode is not None for p in procs)
+
+
+def test_busy_loops_run_at_the_nice_value_asked():
+    raised = min(priority.current_nice() + 2, 19)  # a higher value needs no privilege
+    with bench.busy_load(1, seconds=60, nice=raised) as procs:
+        assert os.getpriority(os.PRIO_PROCESS, procs[0].pid) == raised
+
+
+def test_bench_nice_applies_to_the_contenders_not_the_busy_loops(checkpoint, tmp_path, capsys,
+                                                                 monkeypatch):
+    start = priority.current_nice()
+    state = {'nice': start}  # the process's nice, faked: lowering it needs a privilege
+    monkeypatch.setattr(priority, 'current_nice', lambda: state['nice'])
+    monkeypatch.setattr(priority, 'set_nice', lambda nice, name: state.update(nice=nice))
+    load_nices, busy_load = [], bench.busy_load
+
+    def spy(processes, seconds, nice=None):
+        load_nices.append(nice)
+        return busy_load(processes, seconds, nice)
+
+    monkeypatch.setattr(bench, 'busy_load', spy)
+    code = cli.main(['bench', '--model', str(checkpoint), '--iters', '2', '--warmup', '1',
+                     '--no-compile', '--dtype', 'fp32', '--device', 'cpu', '--image', '64x48',
+                     '--backends', 'torch', '--load', '1', '--nice', '-4',
+                     '--cache-dir', str(tmp_path), '--json'])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report['nice'] == -4 and report['load_nice'] == start and load_nices == [start]
+    assert f', nice -4 (busy loops: {start})' in bench.format_report(report)
+
+
+@pytest.mark.parametrize('args', [['--nice', '1'], ['--nice', '-21'],
+                                  ['--live', '--nice', '-5']])
+def test_bad_nice_is_one_line(args, capsys):
+    assert cli.main(['bench', '--iters', '1', *args]) == 2
+    err = capsys.readouterr().err
+    assert '--nice' in err and len(err.strip().splitlines()) == 1
 
 
 def test_busy_loops_end_by_themselves_after_their_bound():

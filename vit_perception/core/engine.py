@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vit_perception.config import EngineConfig
-from vit_perception.core import runtimes
+from vit_perception.core import priority, runtimes
 from vit_perception.core.images import image_to_array
 from vit_perception.core.preprocess import Preprocessor
 from vit_perception.core.types import ActionChunkResult, ImageFrame, Observation, PoseSample
@@ -89,7 +89,7 @@ class Engine:
     def __init__(self, policy: VisionPosePolicy, *, device: str = 'auto', dtype: str = 'auto',
                  compile: bool = False, warmup_iters: int = 3,
                  warmup_frames: Sequence[ImageFrame] | None = None, backend: str = 'torch',
-                 cache_dir: str | Path = '', threads: int = 0):
+                 cache_dir: str | Path = '', threads: int = 0, nice: int = 0):
         if backend not in runtimes.BACKENDS:
             raise ConfigError(f'engine.backend={backend!r}: expected one of {runtimes.BACKENDS}')
         self.config: PolicyConfig = policy.config
@@ -99,6 +99,11 @@ class Engine:
         # runtimes apply their own precision: OpenVINO's bf16 hint follows engine.dtype).
         if threads:  # process-wide: torch has one intra-op pool; the runtimes get their own
             torch.set_num_threads(threads)
+        if nice:  # process-wide, before the runtimes start their thread pools
+            try:
+                priority.set_nice(nice, 'engine.nice')
+            except priority.NiceNotPermitted as error:  # a slower node, not a stopped one
+                log.warning('%s', error)
         self._runtimes = self._build_runtimes(policy, backend, cache_dir, threads)
         self.runtime: runtimes.RuntimeGraphs | None = None  # None = the torch path
         stats = policy.normalization()
@@ -213,7 +218,7 @@ class Engine:
         return cls.from_checkpoint(config.model, device=config.device, dtype=config.dtype,
                                    compile=config.compile, warmup_iters=config.warmup_iters,
                                    backend=config.backend, cache_dir=config.cache_dir,
-                                   threads=config.threads, **kwargs)
+                                   threads=config.threads, nice=config.nice, **kwargs)
 
     # -- properties the node core relies on ----------------------------------------------------
 

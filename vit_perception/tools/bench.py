@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "runtimes (engine.threads; default 0: each library's own default); a "
                         'comma-separated list (e.g. 0,1) benchmarks every backend at each count, '
                         'alternating in the same run')
+    parser.add_argument('--nice', type=int, default=0, help="nice value of the bench's threads "
+                        '(engine.nice; default 0: as started); the --load busy loops keep the '
+                        "value the bench started with, so -5 measures a node that has the CPU "
+                        'first (needs CAP_SYS_NICE)')
     parser.add_argument('--cache-dir', default='', help='ONNX graph cache (default '
                         '$XDG_CACHE_HOME/vit_perception/onnx)')
     parser.add_argument('--json', action='store_true', help='print JSON only')
@@ -64,9 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vit_perception.config import NICE_RANGE
     from vit_perception.errors import ConfigError
 
     if args.live or args.soak:
+        if args.nice:
+            raise ConfigError('--nice applies to the in-process bench; for --live/--soak start '
+                              'the bench with `nice -n N` (the node inherits it)')
         return live_bench.run(args)
 
     try:
@@ -80,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f'--threads {args.threads!r}: expected a count or a comma-separated '
                           'list of counts, e.g. 0,1') from None
+    if not NICE_RANGE[0] <= args.nice <= 0:
+        raise ConfigError(f'--nice {args.nice}: expected {NICE_RANGE[0]}..0 (0: as started; a '
+                          'positive value would put the contenders behind the busy loops)')
     if args.load < 0 or min(threads) < 0 or len(set(threads)) != len(threads):
         raise ConfigError('--load and --threads must be >= 0 (thread counts without repeats)')
     backends = [b for b in args.backends.split(',') if b] if args.backends else None
@@ -87,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                        cameras=args.cameras, width=width, height=height, iters=args.iters,
                        warmup=args.warmup, device=args.device, dtype=args.dtype,
                        compile=args.compile, backends=backends, load=args.load,
-                       threads=threads, cache_dir=args.cache_dir,
+                       threads=threads, nice=args.nice, cache_dir=args.cache_dir,
                        progress=None if args.json else lambda text: print(text, file=sys.stderr))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -95,15 +106,18 @@ def run(args: argparse.Namespace) -> int:
 
 def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, height=480,
               iters=30, warmup=3, device='auto', dtype='auto', compile=False, backends=None,
-              load=0, threads=(0,), cache_dir='', progress=None) -> dict:
+              load=0, threads=(0,), nice=0, cache_dir='', progress=None) -> dict:
     """Run every contender alternately (quiet, then under `load`); return the report dict.
+
+    `nice` (0: unchanged) is set on the whole process first, so every contender runs at it; the
+    busy loops run at the nice value the process started with.
 
     Contenders: the naive pipeline and an engine per backend and per count in `threads` (named
     `backend` for one count, `backend@N` / `backend@default` for several).
     """
     import torch
 
-    from vit_perception.core import runtimes
+    from vit_perception.core import priority, runtimes
     from vit_perception.core.engine import (
         Engine,
         cpu_has_fast_bf16,
@@ -114,6 +128,9 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
     from vit_perception.core.types import ImageFrame, Observation, PoseSample
     from vit_perception.errors import ConfigError
 
+    start_nice = priority.current_nice()
+    if nice:
+        priority.set_nice(nice, '--nice')
     dev = resolve_device(device)
     default_threads = torch.get_num_threads()
     if backends is None:
@@ -176,7 +193,8 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
         quiet_seconds = sum(_summarize(v)['total']['p99'] for v in quiet.values()) * iters / 1e3
         if progress:
             progress(f'bench: again with {load} busy-loop processes competing for the CPU...')
-        with busy_load(load, seconds=min(1800.0, 60.0 + 20.0 * quiet_seconds)):
+        with busy_load(load, seconds=min(1800.0, 60.0 + 20.0 * quiet_seconds),
+                       nice=start_nice):
             loaded = runtimes.measure_backends(lambda name: calls[name](), list(calls), iters)
     # Two windows minutes apart, the best of each precision: one short window can fall entirely
     # on a slow stretch of a shared machine.
@@ -200,6 +218,8 @@ def benchmark(*, model='', size='small', fusion='early', cameras=1, width=640, h
         'device_name': _device_name(dev),
         'torch_threads': default_threads,
         'threads': list(threads),
+        'nice': priority.current_nice(),
+        'load_nice': start_nice,
         'engine_dtype': dtype_name(engine_dtype),
         'native_bf16': native_bf16,
         'compile': compile,
@@ -245,9 +265,10 @@ while time.monotonic() < deadline and os.getppid() == parent:
 
 
 @contextlib.contextmanager
-def busy_load(processes: int, seconds: float):
+def busy_load(processes: int, seconds: float, nice: int | None = None):
     """`processes` single-core busy loops, stopped on exit (and by themselves after `seconds`
-    or when this process is gone). SIGTERM meanwhile ends the bench like Ctrl-C."""
+    or when this process is gone), at nice value `nice` (None: this thread's, which they
+    inherit; a higher one is always allowed). SIGTERM meanwhile ends the bench like Ctrl-C."""
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) \
         if threading.current_thread() is threading.main_thread() else None
     children = []
@@ -256,6 +277,8 @@ def busy_load(processes: int, seconds: float):
             children.append(subprocess.Popen(
                 [sys.executable, '-c', BUSY_LOOP, str(os.getpid()), f'{seconds:.0f}'],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+            if nice is not None:
+                os.setpriority(os.PRIO_PROCESS, children[-1].pid, nice)
         time.sleep(0.5)  # let them start spinning
         yield children
     finally:
@@ -461,10 +484,13 @@ def _device_name(device) -> str:
 def format_report(report: dict) -> str:
     threads = (f", --threads {','.join(map(str, report['threads']))}"
                if report['threads'] != [0] else '')
+    nice = (f", nice {report['nice']} (busy loops: {report['load_nice']})"
+            if report['nice'] != report['load_nice'] else '')
     lines = [f"bench: {report['model']}, {report['fusion']} fusion, {report['cameras']} x "
              f"{report['image']}, {report['iters']} iterations alternating, "
              f"device {report['device']} ({report['device_name']}, "
-             f"{report['torch_threads']} torch threads by default{threads})", '']
+             f"{report['torch_threads']} torch threads by default{threads}"
+             f"{nice})", '']
     if 'engine_ms' in report:
         lines += _stage_table(report) + ['']
     load = report['load']
