@@ -3,7 +3,7 @@
     python3 scripts/thread_policy.py --size small --iters 30 --load 2
     OMP_WAIT_POLICY=PASSIVE python3 scripts/thread_policy.py ...   # libgomp threads sleep
     python3 scripts/thread_policy.py --only torch --load 0          # one side of a process A/B
-    python3 scripts/thread_policy.py --nice -5 --only ort           # + the defaults at nice -5
+    python3 scripts/thread_policy.py --nice -10 --only ort          # + the defaults at nice -10
 
 torch loads here before vit_perception (which sets OMP_WAIT_POLICY=PASSIVE), so without the
 variable libgomp's own default applies: threads spin a while before they sleep.

@@ -52,5 +52,5 @@ def set_nice(nice: int, name: str = 'nice') -> None:
             raise NiceNotPermitted(
                 f"{name} {nice}: not permitted to raise this process's priority (now nice "
                 f'{current_nice()}): run as a user with a `nice` limit of {nice} or lower in '
-                '/etc/security/limits.conf (e.g. `@realtime - nice -10`, then log in again) or '
-                'with CAP_SYS_NICE, or leave the nice value at 0') from None
+                f'/etc/security/limits.conf (e.g. `@realtime - nice {nice}`, then log in '
+                'again) or with CAP_SYS_NICE, or leave the nice value at 0') from None

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         'alternating in the same run')
     parser.add_argument('--nice', type=int, default=0, help="nice value of the bench's threads "
                         '(engine.nice; default 0: as started); the --load busy loops keep the '
-                        "value the bench started with, so -5 measures a node that has the CPU "
+                        "value the bench started with, so -10 measures a node that has the CPU "
                         'first (needs CAP_SYS_NICE)')
     parser.add_argument('--cache-dir', default='', help='ONNX graph cache (default '
                         '$XDG_CACHE_HOME/vit_perception/onnx)')
