@@ -28,6 +28,7 @@ class FakeEngine:
 
     model_id = 'fake-model'
     action_names = ['x', 'y', 'z']
+    backend = 'torch'
 
     def __init__(self, fusion='early', horizon=4, dt=0.1, arms=(), proprio_names=()):
         self.fusion, self.horizon, self.dt = fusion, horizon, dt

@@ -1,6 +1,7 @@
 """PerceptionCore with a fake engine, fake clock and recording outputs (no transport, no torch)."""
 
 import dataclasses
+import os
 import sys
 import threading
 import time
@@ -347,6 +348,7 @@ def test_diagnostics_values_and_warn_on_recent_drops():
     assert report.message == '1 inputs dropped since the last report: bad_frame x1'
     v = report.values
     assert v['model_id'] == 'fake-model' and v['fusion'] == 'early'
+    assert v['backend'] == 'torch' and v['nice'] == str(os.getpriority(os.PRIO_PROCESS, 0))
     assert v['latency.model.p50_ms'] == '2.00' and v['latency.preprocess.p99_ms'] == '1.00'
     assert v['latency.infer_call.p50_ms'] == '0.00'  # fake clock does not move during infer
     assert v['latency.observation_to_chunk.p50_ms'] == '10.00'

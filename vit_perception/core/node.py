@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from vit_perception.config import NodeConfig
+from vit_perception.core import priority
 from vit_perception.core.observation import ObservationBuilder
 from vit_perception.core.safety import ActionLimiter
 from vit_perception.core.scheduler import ActionScheduler
@@ -423,6 +424,7 @@ class PerceptionCore:
             return 'never' if stamp is None else f'{(now - stamp) / NS_PER_S:.3f}'
 
         values = {'model_id': str(self.engine.model_id), 'fusion': str(self.engine.fusion),
+                  'backend': str(self.engine.backend), 'nice': str(priority.current_nice()),
                   'actions_suppressed': reason or ''}
         for stage, (p50, p99) in self.latency.percentiles().items():
             values[f'latency.{stage}.p50_ms'] = f'{p50:.2f}'
