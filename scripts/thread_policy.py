@@ -81,8 +81,8 @@ def main() -> None:
     start_nice = priority.current_nice()
     nices = {}  # variant -> its nice value, set on every thread before each call
     if args.nice:
-        ort_default = f'ort threads={cores} spin {runtimes.ORT_SPIN_US}us'
-        for name in (f'torch threads={cores}', ort_default, f'ov threads={cores} unpinned'):
+        ort_engine = f'ort threads={cores} spin {runtimes.ORT_SPIN_US}us'  # the engine's setting
+        for name in (f'torch threads={cores}', ort_engine, f'ov threads={cores} unpinned'):
             nices[f'{name} nice {args.nice}'] = args.nice
             calls[f'{name} nice {args.nice}'] = calls[name]
     calls = {name: call for name, call in calls.items()

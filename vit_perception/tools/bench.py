@@ -489,8 +489,7 @@ def format_report(report: dict) -> str:
     lines = [f"bench: {report['model']}, {report['fusion']} fusion, {report['cameras']} x "
              f"{report['image']}, {report['iters']} iterations alternating, "
              f"device {report['device']} ({report['device_name']}, "
-             f"{report['torch_threads']} torch threads by default{threads}"
-             f"{nice})", '']
+             f"{report['torch_threads']} torch threads by default{threads}{nice})", '']
     if 'engine_ms' in report:
         lines += _stage_table(report) + ['']
     load = report['load']
